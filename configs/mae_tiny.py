@@ -1,0 +1,50 @@
+"""MAE pre-training of ViT-Tiny (MAE-Lite's recipe).
+
+Default: ImageNet-1k, 400 epochs, batch 4096, base lr 1.5e-4 (x batch/256), 40 warm-up epochs,
+AdamW(0.9, 0.95), wd 0.05, mask ratio 0.75, norm-pix loss, RandomResizedCrop(0.08-1) + flip.
+Variants:
+  :cpu    the same model on the built-in Fashion-MNIST at 32px / patch 4, a few minutes on 2 cores
+  :tiny   a 2-block toy for tests and smoke runs
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = common.parse_arg(arg, ("cpu", "tiny"))
+  config = common.pretrain_skeleton()
+  config.objective = "mae"
+  config.model = ml_collections.ConfigDict(dict(
+      name="mae_vit_tiny_patch16",
+      image_size=224,
+      patch_size=16,
+      mask_ratio=0.75,
+      norm_pix_loss=True,
+      drop_path_rate=0.0,
+      depth=ml_collections.config_dict.placeholder(int),  # None = the variant's depth
+      dtype="float32",
+      attention_impl="einsum",  # einsum | xla | cudnn (jax.nn.dot_product_attention)
+  ))
+  if variant in ("cpu", "tiny"):
+    config.data = common.builtin_data()
+    config.model.image_size = 32
+    config.model.patch_size = 4
+    config.batch_size = 128
+    config.total_steps = 1200
+    config.optim.base_lr = 1e-3
+    config.optim.warmup_steps = 100
+    config.log_every = 50
+    config.checkpoint_every = 400
+    config.eval_every = 600
+  if variant == "tiny":
+    config.model.depth = 2
+    config.batch_size = 32
+    config.total_steps = 20
+    config.optim.warmup_steps = 5
+    config.log_every = 5
+    config.checkpoint_every = 10
+    config.eval_every = 0
+  config.lock()
+  return config

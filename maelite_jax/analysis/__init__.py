@@ -1,0 +1,1 @@
+"""Analysis tools: reconstructions, CKA, attention statistics."""

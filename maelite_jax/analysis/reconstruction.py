@@ -1,0 +1,85 @@
+"""MAE reconstruction figure: original / masked / reconstructions / per-patch error.
+
+With norm_pix_loss the decoder predicts each patch normalised by its own mean and std, so the
+prediction alone is not an image. MAE's demo maps it back with the *true* patch statistics of
+the hidden patches, which leaks part of the answer. We show both mappings, labelled:
+  - "oracle stats": true per-patch mean/std of the hidden patches (looks best; leaks),
+  - "visible stats": every hidden patch gets the mean of the visible patches' means and stds
+    (no leak; what the model alone implies),
+and the per-patch error in the loss's own space, so the figure cannot flatter the model.
+"""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from maelite_jax.objectives.mae import normalize_patches, patchify, unpatchify  # noqa: E402
+
+
+def reconstruction_panels(images, pred, mask, patch_size, norm_pix_loss, mean, std):
+  """Returns dict of (B, H, W, 3) arrays in [0, 1] plus the (B, g, g) per-patch error."""
+  images = np.asarray(images, np.float32)
+  pred = np.asarray(pred, np.float32)
+  mask = np.asarray(mask, np.float32)
+  target = np.asarray(patchify(images, patch_size))
+  if norm_pix_loss:
+    tn, t_mean, t_std = (np.asarray(a) for a in normalize_patches(target))
+    oracle = pred * t_std + t_mean
+    vis = (1 - mask)[..., None]
+    n_vis = np.maximum(vis.sum(axis=1, keepdims=True), 1)
+    vis_mean = (t_mean * vis).sum(axis=1, keepdims=True) / n_vis
+    vis_std = (t_std * vis).sum(axis=1, keepdims=True) / n_vis
+    honest = pred * vis_std + vis_mean
+    err = ((pred - tn)**2).mean(-1)
+  else:
+    oracle = honest = pred
+    err = ((pred - target)**2).mean(-1)
+  m = mask[..., None]
+  c = images.shape[-1]
+  mean = np.asarray(mean, np.float32)
+  std = np.asarray(std, np.float32)
+  to_img = lambda p: np.clip(unpatchify(p, patch_size, c) * std + mean, 0, 1)
+  g = int(round(mask.shape[1]**0.5))
+  return {
+      "original": to_img(target),
+      "masked": to_img(target * (1 - m)) * np.asarray(unpatchify(
+          np.repeat(1 - m, target.shape[-1], axis=-1), patch_size, c)),
+      "recon_oracle": to_img(target * (1 - m) + oracle * m),
+      "recon_visible": to_img(target * (1 - m) + honest * m),
+      "error": (err * mask).reshape(-1, g, g),
+  }
+
+
+def save_reconstruction_grid(path, *, images, pred, mask, patch_size, norm_pix_loss,
+                             mean, std) -> str:
+  """Writes the PNG grid (one row per image) and returns its path."""
+  panels = reconstruction_panels(images, pred, mask, patch_size, norm_pix_loss, mean, std)
+  n = panels["original"].shape[0]
+  if norm_pix_loss:
+    titles = ["original", "masked (input)", "recon, oracle stats\n(true hidden-patch mean/std: leaks)",
+              "recon, visible stats\n(no leak)", "per-patch error\n(norm-pix MSE, hidden only)"]
+  else:
+    titles = ["original", "masked (input)", "reconstruction\n(+ visible patches)",
+              "reconstruction\n(+ visible patches)", "per-patch error\n(MSE, hidden only)"]
+  keys = ["original", "masked", "recon_oracle", "recon_visible", "error"]
+  fig, axes = plt.subplots(n, 5, figsize=(10, 2.1 * n + 0.6), squeeze=False)
+  vmax = float(np.max(panels["error"])) or 1.0
+  for i in range(n):
+    for j, key in enumerate(keys):
+      ax = axes[i, j]
+      if key == "error":
+        im = ax.imshow(panels[key][i], cmap="magma", vmin=0, vmax=vmax)
+      else:
+        ax.imshow(panels[key][i], interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if i == 0:
+        ax.set_title(titles[j], fontsize=7)
+  fig.colorbar(im, ax=axes[:, 4].tolist(), shrink=0.6)
+  masked_err = float(panels["error"].sum() / max(np.asarray(mask).sum(), 1))
+  fig.suptitle(f"MAE reconstructions (mean hidden-patch error {masked_err:.3f})", fontsize=9)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

@@ -1,0 +1,30 @@
+"""Fixed 2-D sin-cos position embeddings, exactly as MAE's `get_2d_sincos_pos_embed`.
+
+MAE's formula (not big_vision's): omega = 1 / 10000 ** (arange(D/4) / (D/4)); the first half of
+the channels encodes the grid's w coordinate, the second half its h coordinate, each as
+[sin, cos]; an optional all-zero row for the cls token comes first.
+"""
+
+import numpy as np
+
+
+def _sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
+  if dim % 2:
+    raise ValueError(f"sin-cos embedding needs an even width, got {dim}")
+  omega = np.arange(dim // 2, dtype=np.float64) / (dim / 2.0)
+  omega = 1.0 / 10000**omega
+  out = np.einsum("m,d->md", positions.reshape(-1).astype(np.float64), omega)
+  return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_2d(dim: int, grid_size: int | tuple[int, int], cls_token: bool = False) -> np.ndarray:
+  """Returns a float32 table (grid_h * grid_w [+1], dim)."""
+  gh, gw = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
+  if dim % 4:
+    raise ValueError(f"2-D sin-cos embedding needs a width divisible by 4, got {dim}")
+  grid_w, grid_h = np.meshgrid(np.arange(gw, dtype=np.float64), np.arange(gh, dtype=np.float64))
+  # MAE: grid = meshgrid(grid_w, grid_h); emb_h uses grid[0] (the w coordinate) first.
+  emb = np.concatenate([_sincos_1d(dim // 2, grid_w), _sincos_1d(dim // 2, grid_h)], axis=1)
+  if cls_token:
+    emb = np.concatenate([np.zeros((1, dim)), emb], axis=0)
+  return emb.astype(np.float32)

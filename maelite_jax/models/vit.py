@@ -1,0 +1,208 @@
+"""Plain ViT encoder in flax.linen with timm's parameter names and MAE's numerics.
+
+Parameter tree (so export to timm is one transpose per leaf):
+  patch_embed/proj/{kernel,bias}, cls_token, [pos_embed if trainable], blocks_{i}/{norm1,
+  attn/{qkv,proj}, norm2, mlp/{fc1,fc2}}, norm, [fc_norm, head].
+
+`VisionTransformer.__call__` takes an optional `keep_ids` (B, K) that selects the visible patch
+tokens after the position embedding is added (MAE masking, and the D-MAE teacher that must see
+the same tokens), and returns `(output, aux)`; aux holds only the per-layer tokens and attention
+logits that were asked for, so nothing else is kept in memory.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from maelite_jax.models.posemb import sincos_2d
+
+LN_EPS = 1e-6
+# torch's xavier_uniform on a (out, in) matrix; for the patch conv on its (out, in*kh*kw) view.
+dense_init = nn.initializers.xavier_uniform()
+patch_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=-1)
+token_init = nn.initializers.normal(stddev=0.02)
+
+
+def gelu_exact(x):
+  return nn.gelu(x, approximate=False)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth per sample (timm's drop_path), rng stream 'droppath'."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if self.rate == 0.0 or deterministic:
+      return x
+    keep = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(self.make_rng("droppath"), keep, shape)
+    return x * mask.astype(x.dtype) / keep
+
+
+class Attention(nn.Module):
+  num_heads: int
+  dtype: Any = jnp.float32
+  attention_impl: str = "einsum"  # "einsum" | "xla" | "cudnn" (jax.nn.dot_product_attention)
+
+  @nn.compact
+  def __call__(self, x, return_logits: bool = False):
+    b, n, dim = x.shape
+    head_dim = dim // self.num_heads
+    qkv = nn.Dense(3 * dim, dtype=self.dtype, kernel_init=dense_init, name="qkv")(x)
+    # timm row order: q | k | v, each split into heads; heads-major layout is faster on CPU.
+    qkv = qkv.reshape(b, n, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    logits = None
+    if self.attention_impl == "einsum" or return_logits:
+      logits = jnp.einsum("bhqd,bhkd->bhqk", q * head_dim**-0.5, k)
+      attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+      out = jnp.einsum("bhqk,bhkd->bhqd", attn, v).transpose(0, 2, 1, 3)
+    else:
+      impl = None if self.attention_impl == "xla" else self.attention_impl
+      out = jax.nn.dot_product_attention(
+          q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
+          implementation=impl)
+    out = out.reshape(b, n, dim)
+    out = nn.Dense(dim, dtype=self.dtype, kernel_init=dense_init, name="proj")(out)
+    return out, (logits if return_logits else None)
+
+
+class Mlp(nn.Module):
+  hidden_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    dim = x.shape[-1]
+    x = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=dense_init, name="fc1")(x)
+    x = gelu_exact(x)
+    return nn.Dense(dim, dtype=self.dtype, kernel_init=dense_init, name="fc2")(x)
+
+
+class Block(nn.Module):
+  num_heads: int
+  mlp_ratio: float = 4.0
+  drop_path: float = 0.0
+  dtype: Any = jnp.float32
+  attention_impl: str = "einsum"
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True, return_logits: bool = False):
+    dim = x.shape[-1]
+    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm1")(x)
+    y, logits = Attention(self.num_heads, self.dtype, self.attention_impl, name="attn")(y, return_logits)
+    x = x + DropPath(self.drop_path)(y, deterministic)
+    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm2")(x)
+    y = Mlp(int(dim * self.mlp_ratio), self.dtype, name="mlp")(y)
+    x = x + DropPath(self.drop_path)(y, deterministic)
+    return x, logits
+
+
+class PatchEmbed(nn.Module):
+  """Non-overlapping patches -> tokens (B, N, D) via a strided conv named like timm's."""
+  patch_size: int
+  embed_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    x = nn.Conv(self.embed_dim, (self.patch_size,) * 2, strides=(self.patch_size,) * 2,
+                padding="VALID", kernel_init=patch_init, dtype=self.dtype, name="proj")(images)
+    return x.reshape(x.shape[0], -1, self.embed_dim)
+
+
+def take_tokens(x, ids):
+  """Gathers tokens x (B, N, D) at ids (B, K) -> (B, K, D)."""
+  return jnp.take_along_axis(x, ids[:, :, None], axis=1)
+
+
+class VisionTransformer(nn.Module):
+  """ViT encoder. With num_classes > 0 a classifier head follows the pooled features."""
+  image_size: int = 224
+  patch_size: int = 16
+  in_chans: int = 3
+  embed_dim: int = 192
+  depth: int = 12
+  num_heads: int = 12
+  mlp_ratio: float = 4.0
+  drop_path_rate: float = 0.0
+  num_classes: int = 0
+  global_pool: str = "token"  # "token" (cls) | "avg" (mean of patch tokens, then fc_norm)
+  trainable_pos_embed: bool = False  # fine-tuning: a table initialised from sin-cos
+  dtype: Any = jnp.float32
+  attention_impl: str = "einsum"
+
+  @property
+  def grid_size(self) -> int:
+    if self.image_size % self.patch_size:
+      raise ValueError(
+          f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}; "
+          "set config.model.image_size to a multiple of the patch size")
+    return self.image_size // self.patch_size
+
+  @property
+  def num_patches(self) -> int:
+    return self.grid_size**2
+
+  def pos_table(self):
+    """(1, 1 + N, D): constant sin-cos, or the trainable table initialised from it."""
+    table = sincos_2d(self.embed_dim, self.grid_size, cls_token=True)[None]
+    if self.trainable_pos_embed:
+      return self.param("pos_embed", lambda *_: jnp.asarray(table))
+    return jnp.asarray(table)
+
+  def embed(self, images, keep_ids=None):
+    """Patch-embeds NHWC images, adds positions, keeps `keep_ids` patches, prepends cls."""
+    if images.shape[1] != self.image_size or images.shape[2] != self.image_size:
+      raise ValueError(f"expected {self.image_size}px images, got shape {images.shape}")
+    x = PatchEmbed(self.patch_size, self.embed_dim, self.dtype, name="patch_embed")(images)
+    b = x.shape[0]
+    pos = self.pos_table().astype(x.dtype)
+    x = x + pos[:, 1:]
+    if keep_ids is not None:
+      x = take_tokens(x, keep_ids)
+    cls = self.param("cls_token", token_init, (1, 1, self.embed_dim))
+    cls = (cls + pos[:, :1]).astype(x.dtype)
+    return jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.embed_dim)), x], axis=1)
+
+  @nn.compact
+  def __call__(self, images, *, keep_ids=None, train: bool = False,
+               return_tokens: Sequence[int] = (), return_attn_logits: Sequence[int] = (),
+               return_features: bool = False):
+    """Returns (out, aux).
+
+    out: final normed tokens (B, 1+K, D) when num_classes == 0 and not return_features; pooled
+    features (B, D) when return_features; logits (B, num_classes) otherwise.
+    aux: {"tokens": {i: block i input after its norm1 is NOT taken; the block i output},
+          "attn_logits": {i: (B, H, 1+K, 1+K) pre-softmax logits of block i}} for the requested
+    0-based block indices (negative indices count from the end).
+    """
+    want_tokens = {i % self.depth for i in return_tokens}
+    want_logits = {i % self.depth for i in return_attn_logits}
+    x = self.embed(images, keep_ids)
+    aux = {"tokens": {}, "attn_logits": {}}
+    rates = [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
+    for i in range(self.depth):
+      x, logits = Block(self.num_heads, self.mlp_ratio, rates[i], self.dtype, self.attention_impl,
+                        name=f"blocks_{i}")(x, not train, i in want_logits)
+      if i in want_tokens:
+        aux["tokens"][i] = x
+      if i in want_logits:
+        aux["attn_logits"][i] = logits
+    if self.global_pool == "avg" and (self.num_classes > 0 or return_features):
+      feats = x[:, 1:].mean(axis=1)
+      feats = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="fc_norm")(feats)
+    else:
+      x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")(x)
+      if self.num_classes == 0 and not return_features:
+        return x, aux
+      feats = x[:, 0]
+    if self.num_classes == 0:
+      return feats, aux
+    head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                    name="head")(feats)
+    return head, aux

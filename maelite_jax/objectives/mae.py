@@ -1,0 +1,59 @@
+"""The MAE objective as pure functions: patchify, the masked per-patch MSE, and the loss of a model.
+
+Formulas of the reference `models_mae.py`: target = patchified image in (h, w, p, q, c) order;
+with norm_pix_loss each target patch is normalised by its own mean and *unbiased* variance
+(torch's default) plus 1e-6; the per-patch MSE is averaged over masked patches only.
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def patchify(images, patch_size: int):
+  """(B, H, W, C) -> (B, N, p*p*C) with the patch laid out (p, q, c), channel last."""
+  b, h, w, c = images.shape
+  gh, gw = h // patch_size, w // patch_size
+  x = images.reshape(b, gh, patch_size, gw, patch_size, c)
+  x = x.transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, gh * gw, patch_size * patch_size * c)
+
+
+def unpatchify(patches, patch_size: int, channels: int = 3):
+  """(B, N, p*p*C) -> (B, H, W, C); the inverse of `patchify` for square grids."""
+  b, n, _ = patches.shape
+  g = int(round(n**0.5))
+  x = patches.reshape(b, g, g, patch_size, patch_size, channels).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, g * patch_size, g * patch_size, channels)
+
+
+def normalize_patches(target, eps: float = 1e-6):
+  """Per-patch (x - mean) / sqrt(unbiased var + eps); returns (normalised, mean, std)."""
+  mean = target.mean(axis=-1, keepdims=True)
+  var = target.var(axis=-1, keepdims=True, ddof=1)
+  std = jnp.sqrt(var + eps)
+  return (target - mean) / std, mean, std
+
+
+def mae_loss(pred, target, mask, norm_pix_loss: bool = True):
+  """Mean over masked patches of the per-patch MSE. pred/target (B, N, P), mask (B, N) 1=masked."""
+  pred = pred.astype(jnp.float32)
+  target = target.astype(jnp.float32)
+  if norm_pix_loss:
+    target, _, _ = normalize_patches(target)
+  per_patch = jnp.mean((pred - target)**2, axis=-1)
+  return jnp.sum(per_patch * mask) / jnp.sum(mask)
+
+
+def mae_forward_loss(model, params, images, noise, *, norm_pix_loss: bool = True,
+                     train: bool = True, rngs=None, **model_kwargs):
+  """Runs the MAE model and its loss; returns (loss, outputs dict of the model)."""
+  out = model.apply({"params": params}, images, noise, train=train, rngs=rngs or {},
+                    **model_kwargs)
+  target = patchify(images, model.patch_size)
+  loss = mae_loss(out["pred"], target, out["mask"], norm_pix_loss)
+  return loss, out
+
+
+def masking_noise(rng, batch_size: int, num_patches: int):
+  """The uniform noise whose argsort decides the masking (drawn for the whole global batch)."""
+  return jax.random.uniform(rng, (batch_size, num_patches), jnp.float32)

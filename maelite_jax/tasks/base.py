@@ -1,0 +1,36 @@
+"""The contract between an objective and the generic training loop.
+
+The loop owns sharding, the optimizer, gradient accumulation, checkpoints and logging; a task
+says how to initialise its params (and non-trained `extra` state such as BatchNorm statistics,
+EMA weights or a frozen teacher), how to compute the loss, and how to draw the per-example random
+arrays (e.g. MAE masking noise) for the *global* batch, so that splitting a batch into
+micro-batches gives exactly the same update.
+"""
+
+from typing import Any
+
+
+class Task:
+  """Base class; subclasses implement the methods below."""
+  model: Any
+  model_meta: dict
+
+  def init(self, rng, batch) -> tuple[Any, dict]:
+    """Returns (params, extra). `batch` holds abstract or real example arrays."""
+    raise NotImplementedError
+
+  def per_example_random(self, rng, batch) -> dict:
+    """Random arrays with a leading batch axis, added to the batch before micro-batching."""
+    return {}
+
+  def loss(self, params, extra, batch, rng, step) -> tuple[Any, tuple[dict, dict]]:
+    """Returns (loss, (metrics, new_extra)). Pure; differentiated w.r.t. params."""
+    raise NotImplementedError
+
+  def after_update(self, params, extra, step) -> dict:
+    """Updates `extra` after the optimizer step (e.g. an EMA); default keeps it."""
+    return extra
+
+  def visualize(self, params, extra, batch, out_path: str) -> str | None:
+    """Writes a figure for humans (PNG) from one batch; returns its path or None."""
+    return None

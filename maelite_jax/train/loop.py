@@ -1,0 +1,246 @@
+"""The one generic training loop; every objective (MAE, MoCo-v3, D-MAE) plugs in as a Task.
+
+State is created directly in its sharding, the step is jitted with in/out shardings and donation
+over the mesh, rng is folded with the step, checkpoints are written by orbax (resume is
+automatic), metrics go to TensorBoard + metrics.jsonl, and figures to PNG in the workdir.
+"""
+
+import json
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from maelite_jax import data as data_lib
+from maelite_jax import tasks as tasks_lib
+from maelite_jax.train import checkpoint as ckpt_lib
+from maelite_jax.train import mesh as mesh_lib
+from maelite_jax.train import optim
+from maelite_jax.train.metrics import MetricsLogger
+from maelite_jax.train.step import TrainState, make_train_step
+from maelite_jax.train.validate import validate_config
+
+
+def schedule_lengths(config) -> tuple[int, int]:
+  """(total_steps, warmup_steps).
+
+  total_steps > 0 wins over total_epochs; warmup_steps >= 0 wins over warmup_epochs. When the
+  run length is given in steps but the warm-up in epochs, the warm-up keeps its fraction of the
+  run (warmup_epochs / total_epochs), so shortening a recipe keeps its shape. Epochs count full
+  global batches (the last partial batch is dropped, as in the reference).
+  """
+  total, warmup = config.total_steps, config.optim.warmup_steps
+  if total <= 0:
+    steps_per_epoch = max(data_lib.num_examples(config.data, config.data.train_split)
+                          // config.batch_size, 1)
+    total = int(config.total_epochs * steps_per_epoch)
+    if warmup < 0:
+      warmup = int(config.optim.warmup_epochs * steps_per_epoch)
+  elif warmup < 0:
+    warmup = int(round(total * config.optim.warmup_epochs / max(config.total_epochs, 1e-9)))
+  return total, min(warmup, total)
+
+
+def accumulation_steps(config, num_devices: int) -> int:
+  """Micro-batches per step: batch_size / micro_batch_size (0 = the whole batch at once)."""
+  if not config.micro_batch_size or config.micro_batch_size >= config.batch_size:
+    return 1
+  return config.batch_size // config.micro_batch_size
+
+
+class Trainer:
+  """Holds everything built from a config; `run()` trains to total_steps (resuming if possible)."""
+
+  def __init__(self, config, workdir: str, devices=None):
+    validate_config(config, num_devices=len(devices or jax.devices()), workdir=workdir)
+    self.config = config
+    self.workdir = workdir
+    os.makedirs(workdir, exist_ok=True)
+    self.mesh = mesh_lib.make_mesh(devices)
+    self.task = tasks_lib.build_task(config)
+    self.total_steps, self.warmup_steps = schedule_lengths(config)
+    self.accum = accumulation_steps(config, self.mesh.size)
+    self.schedule = optim.lr_schedule(config.optim, config.batch_size, self.total_steps,
+                                      self.warmup_steps)
+    self._build_state()
+
+  def _example_batch(self):
+    s = self.config.model.image_size
+    return {"image": jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32)}
+
+  def _build_state(self):
+    batch = self._example_batch()
+    params_shape, _ = jax.eval_shape(lambda r: self.task.init(r, batch), jax.random.key(0))
+    self.optimizer = optim.build_optimizer(self.config.optim, self.schedule, params_shape)
+
+    def init_state(rng):
+      params, extra = self.task.init(rng, batch)
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        opt_state=self.optimizer.init(params), extra=extra)
+
+    self._init_state = init_state
+    abstract = jax.eval_shape(init_state, jax.random.key(0))
+    self.state_shardings = mesh_lib.state_shardings(abstract, self.mesh, self.config.fsdp_regex)
+    self.abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+        self.state_shardings)
+    step_fn = make_train_step(self.task, self.optimizer, accum_steps=self.accum,
+                              base_rng_seed=self.config.seed)
+    batch_sh = mesh_lib.batch_sharding(self.mesh)
+    self.train_step = jax.jit(step_fn, in_shardings=(self.state_shardings, batch_sh),
+                              out_shardings=(self.state_shardings, mesh_lib.replicated(self.mesh)),
+                              donate_argnums=0)
+
+  def meta(self) -> dict:
+    return {"model": self.task.model_meta, "objective": self.config.objective,
+            "config": json.loads(self.config.to_json_best_effort())}
+
+  def initial_state(self, manager):
+    """Latest checkpoint in the workdir, else config.init's params, else a fresh init."""
+    latest = manager.latest_step()
+    if latest is not None:
+      logging.info("resuming from %s/%d", ckpt_lib.checkpoint_dir(self.workdir), latest)
+      restored = ckpt_lib.restore(manager, latest, self._as_dict(self.abstract_state))
+      return TrainState(**restored)
+    state = jax.jit(self._init_state, out_shardings=self.state_shardings)(
+        jax.random.key(self.config.seed))
+    if self.config.init:
+      state = self._load_init(state)
+    return state
+
+  def _load_init(self, state):
+    loaded, meta = ckpt_lib.load_params(self.config.init)
+    target = state.params
+    if "encoder" in target and "encoder" not in loaded:
+      loaded = dict(jax.tree.map(np.asarray, target), encoder=loaded)  # encoder-only weights
+      logging.info("config.init: loading an encoder into the model's encoder, rest fresh")
+    want = jax.tree.map(lambda x: (x.shape, str(x.dtype)), target)
+    got = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), loaded)
+    if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
+      raise ValueError(
+          f"config.init={self.config.init} does not fit model {self.task.model_meta['name']}: "
+          f"the checkpoint was written for {meta.get('model')}; use a checkpoint of the same "
+          "architecture (same image/patch size) or convert it with scripts/import_torch.py")
+    params = jax.device_put(loaded, self.state_shardings.params)
+    return state.replace(params=params)
+
+  @staticmethod
+  def _as_dict(state):
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+            "extra": state.extra}
+
+  def run(self) -> dict:
+    """Trains until total_steps; returns the last logged metrics."""
+    cfg = self.config
+    manager = ckpt_lib.make_manager(self.workdir, save_interval_steps=cfg.checkpoint_every,
+                                    max_to_keep=cfg.keep_checkpoints)
+    state = self.initial_state(manager)
+    start = int(jax.device_get(state.step))
+    if jax.process_index() == 0:
+      with open(os.path.join(self.workdir, "config.json"), "w") as f:
+        f.write(cfg.to_json_best_effort(indent=2))
+    logger = MetricsLogger(self.workdir, self.total_steps, cfg.batch_size)
+    logging.info("training %s: steps %d -> %d, global batch %d on %d devices, %d micro-batch(es) "
+                 "of %d, warm-up %d steps, peak lr %.3g", self.task.model_meta["name"], start,
+                 self.total_steps, cfg.batch_size, self.mesh.size, self.accum,
+                 cfg.batch_size // self.accum, self.warmup_steps,
+                 optim.scaled_lr(cfg.optim, cfg.batch_size))
+    train_iter = data_lib.build_train_iterator(
+        cfg.data, image_size=cfg.model.image_size, global_batch_size=cfg.batch_size,
+        mesh=self.mesh, seed=cfg.seed, start_step=start)
+    vis_batch = self._vis_batch()
+    stop = _StopFlag()
+    try:
+      last, step, state = self._loop(state, start, train_iter, manager, logger, stop, vis_batch)
+    finally:
+      stop.restore()
+      manager.wait_until_finished()
+      manager.close()
+    if step == self.total_steps:
+      self._visualize(state, vis_batch, step)
+    logger.close()
+    self.state = state
+    return last
+
+  def _loop(self, state, start, train_iter, manager, logger, stop, vis_batch):
+    cfg = self.config
+    last = {}
+    logger.start(start)
+    t_compile = time.perf_counter()
+    step = start
+    for step in range(start + 1, self.total_steps + 1):
+      batch = next(train_iter)
+      state, metrics = self.train_step(state, batch)
+      if step == start + 1:
+        jax.block_until_ready(metrics)
+        logging.info("first step (compile + run) took %.1f s", time.perf_counter() - t_compile)
+        logger.start(step)
+      if step % cfg.log_every == 0 or step == self.total_steps or stop.requested:
+        scalars = dict(jax.device_get(metrics), lr=self.schedule(step - 1))
+        last = logger.write(step, scalars)
+      if not np.isfinite(last.get("loss", 0.0)):
+        raise FloatingPointError(f"loss is {last['loss']} at step {step}; lower config.optim."
+                                 "base_lr or enable config.optim.grad_clip")
+      ckpt_lib.save(manager, step, self._as_dict(state), self.meta(),
+                    force=step == self.total_steps or stop.requested)
+      if cfg.eval_every and step % cfg.eval_every == 0 and step != self.total_steps:
+        self._visualize(state, vis_batch, step)
+      if stop.requested:
+        logging.warning("stop requested by signal: checkpoint saved at step %d; rerun the same "
+                        "command to resume", step)
+        break
+    return last, step, state
+
+  def _vis_batch(self):
+    n = self.config.num_vis_images
+    if not n:
+      return None
+    it = data_lib.build_eval_iterator(
+        self.config.data, image_size=self.config.model.image_size,
+        global_batch_size=_round_up(n, self.mesh.size), mesh=self.mesh)
+    batch = next(iter(it))
+    return {"image": jax.device_get(batch["image"])[:n]}
+
+  def _visualize(self, state, vis_batch, step):
+    if vis_batch is None or jax.process_index() != 0:
+      return
+    params = jax.device_get(state.params)
+    path = self.task.visualize(params, state.extra, vis_batch,
+                               os.path.join(self.workdir, f"reconstruction_step{step:07d}.png"))
+    if path:
+      import shutil
+      shutil.copyfile(path, os.path.join(self.workdir, "reconstruction.png"))
+      logging.info("wrote %s", path)
+
+
+def _round_up(n, k):
+  return (n + k - 1) // k * k
+
+
+class _StopFlag:
+  """SIGTERM/SIGINT set a flag so the loop finishes the step, checkpoints and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread (e.g. some test runners)
+        pass
+
+  def _handle(self, signum, frame):
+    logging.warning("received signal %d: finishing the step and checkpointing", signum)
+    self.requested = True
+
+  def restore(self):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def train_and_evaluate(config, workdir: str, devices=None) -> dict:
+  return Trainer(config, workdir, devices).run()

@@ -1,0 +1,52 @@
+"""Optimizer pieces from config: scaled lr, warm-up + cosine per step, AdamW, wd mask, clipping."""
+
+import jax
+import optax
+
+from maelite_jax.train.mesh import path_str
+
+
+def scaled_lr(optim_cfg, global_batch: int) -> float:
+  """MAE's linear scaling rule: lr = base_lr * global_batch / 256."""
+  return optim_cfg.base_lr * global_batch / optim_cfg.lr_scale_batch
+
+
+def lr_schedule(optim_cfg, global_batch: int, total_steps: int, warmup_steps: int):
+  """Linear warm-up from warmup_init_lr to the peak, then half-cosine to min_lr, per step."""
+  peak = scaled_lr(optim_cfg, global_batch)
+  warmup_steps = min(warmup_steps, total_steps)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=optim_cfg.warmup_init_lr, peak_value=peak, warmup_steps=warmup_steps,
+      decay_steps=max(total_steps, warmup_steps + 1), end_value=optim_cfg.min_lr)
+
+
+def weight_decay_mask(params, no_decay_regex: str = ""):
+  """timm's rule: no decay on 1-D tensors (biases, norms) or paths matching no_decay_regex.
+
+  Tokens such as cls_token / mask_token are 3-D and therefore decayed, as in the reference.
+  """
+  import re
+  pattern = re.compile(no_decay_regex) if no_decay_regex else None
+
+  def decay(path, leaf):
+    if leaf.ndim <= 1:
+      return False
+    return not (pattern is not None and pattern.search(path_str(path)))
+
+  return jax.tree_util.tree_map_with_path(decay, params)
+
+
+def build_optimizer(optim_cfg, schedule, params_for_mask):
+  """AdamW (or SGD) with the config's decay mask and optional global-norm clipping."""
+  mask = weight_decay_mask(params_for_mask, optim_cfg.no_decay_regex)
+  if optim_cfg.name == "adamw":
+    opt = optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
+                      weight_decay=optim_cfg.weight_decay, mask=mask)
+  elif optim_cfg.name == "sgd":
+    opt = optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay, mask),
+                      optax.sgd(schedule, momentum=optim_cfg.b1, nesterov=True))
+  else:
+    raise ValueError(f"config.optim.name={optim_cfg.name!r} is unknown; use 'adamw' or 'sgd'")
+  if optim_cfg.grad_clip and optim_cfg.grad_clip > 0:
+    opt = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip), opt)
+  return opt

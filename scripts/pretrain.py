@@ -1,0 +1,46 @@
+"""Pre-training entry point (MAE; later MoCo-v3 and D-MAE through the same loop).
+
+  python scripts/pretrain.py --config configs/mae_tiny.py:cpu --workdir runs/mae_tiny_cpu \
+      [--config.total_steps=500 ...]
+
+Multi-host (TPU pods, multi-node GPU): pass --distributed or set MAELITE_DISTRIBUTED=1 (or
+config.distributed=True) and jax.distributed.initialize() picks up the cluster from the
+environment; every process runs the same command.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:variant]", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and figures go")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize()")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import jax
+  config = _CONFIG.value
+  if _DISTRIBUTED.value or config.distributed or os.environ.get("MAELITE_DISTRIBUTED") == "1":
+    jax.distributed.initialize()
+  from maelite_jax.train.loop import train_and_evaluate
+  from maelite_jax.train.validate import ConfigError
+  logging.info("JAX %s: %d process(es), %d device(s): %s", jax.__version__, jax.process_count(),
+               jax.device_count(), jax.devices()[0].device_kind)
+  try:
+    final = train_and_evaluate(config, _WORKDIR.value)
+  except ConfigError as e:
+    logging.error("%s", e)
+    sys.exit(f"config error: {e}")
+  logging.info("done: %s", {k: round(v, 5) for k, v in final.items()})
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.INFO)
+  app.run(main)

@@ -1,0 +1,119 @@
+"""Model structure and numerics against independent numpy formulas (timm parity: test_export)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from maelite_jax.models import create_model
+from maelite_jax.models.mae import random_masking_ids
+from maelite_jax.models.posemb import sincos_2d
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def test_vit_tiny_trainable_param_count_matches_timm():
+  # timm ViT-Tiny, 12 heads, no head: 5,524,416 params, 37,824 of them the position table,
+  # which MAE keeps fixed (a constant here, not a parameter).
+  model = create_model("vit_tiny_patch16")
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
+  assert _count(shapes["params"]) == 5_524_416 - 37_824
+  assert model.num_heads == 12 and model.embed_dim == 192
+
+
+def _numpy_mae_posemb(dim, grid):
+  """MAE's get_2d_sincos_pos_embed, re-derived: w coordinate first, then h; zero cls row."""
+  def one_d(d, pos):
+    omega = 1.0 / 10000 ** (np.arange(d // 2) / (d / 2.0))
+    ang = pos.reshape(-1)[:, None] * omega[None]
+    return np.concatenate([np.sin(ang), np.cos(ang)], 1)
+  hh, ww = np.indices((grid, grid))
+  emb = np.concatenate([one_d(dim // 2, ww.astype(float)), one_d(dim // 2, hh.astype(float))], 1)
+  return np.concatenate([np.zeros((1, dim)), emb], 0)
+
+
+@pytest.mark.parametrize("dim,grid", [(192, 14), (96, 8), (64, 3)])
+def test_sincos_posemb_matches_numpy_formula(dim, grid):
+  np.testing.assert_allclose(sincos_2d(dim, grid, cls_token=True), _numpy_mae_posemb(dim, grid),
+                             atol=1e-6)
+
+
+def test_random_masking_keeps_lowest_noise_and_restores_order():
+  noise = jnp.array([[0.9, 0.1, 0.5, 0.3], [0.2, 0.8, 0.4, 0.6]])
+  ids_keep, ids_restore, mask = random_masking_ids(noise, 0.5)
+  np.testing.assert_array_equal(ids_keep, [[1, 3], [0, 2]])
+  np.testing.assert_array_equal(mask, [[1, 0, 1, 0], [0, 1, 0, 1]])
+  shuffle = np.argsort(np.asarray(noise), 1)
+  np.testing.assert_array_equal(np.take_along_axis(shuffle, np.asarray(ids_restore), 1),
+                                np.tile(np.arange(4), (2, 1)))
+
+
+@pytest.fixture(scope="module")
+def small_mae():
+  model = create_model("mae_vit_tiny_patch16", image_size=32, patch_size=4, depth=2)
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  noise = jax.random.uniform(jax.random.key(2), (2, 64))
+  params = model.init(jax.random.key(0), x, noise)["params"]
+  return model, params, x, noise
+
+
+def test_mae_shapes_and_visible_tokens(small_mae):
+  model, params, x, noise = small_mae
+  out = model.apply({"params": params}, x, noise, return_attn_logits=(-1,), return_tokens=(0,))
+  assert out["pred"].shape == (2, 64, 4 * 4 * 3)
+  assert out["latent"].shape == (2, 1 + 16, 192)
+  assert float(out["mask"].sum()) == 2 * 48
+  assert set(out["aux"]["attn_logits"]) == {1} and set(out["aux"]["tokens"]) == {0}
+  assert out["aux"]["attn_logits"][1].shape == (2, 12, 17, 17)
+
+
+def test_mae_encoder_sees_only_kept_patches(small_mae):
+  # Changing pixels of a masked patch must not change the latent of the visible tokens.
+  model, params, x, noise = small_mae
+  out = model.apply({"params": params}, x, noise)
+  masked = int(np.argmax(np.asarray(out["mask"][0])))
+  r, c = divmod(masked, 8)
+  x2 = x.at[0, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4].add(5.0)
+  out2 = model.apply({"params": params}, x2, noise)
+  np.testing.assert_allclose(out["latent"], out2["latent"], atol=1e-6)
+  visible = int(np.argmin(np.asarray(out["mask"][0])))
+  r, c = divmod(visible, 8)
+  x3 = x.at[0, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4].add(5.0)
+  assert not np.allclose(out["latent"], model.apply({"params": params}, x3, noise)["latent"])
+
+
+def test_init_statistics_follow_reference(small_mae):
+  _, params, _, _ = small_mae
+  enc = params["encoder"]
+  assert abs(float(enc["cls_token"].std()) - 0.02) < 0.006
+  qkv = np.asarray(enc["blocks_0"]["attn"]["qkv"]["kernel"])  # xavier: U(+-sqrt(6/(in+out)))
+  assert np.abs(qkv).max() <= np.sqrt(6 / (192 + 576)) + 1e-7
+  assert np.abs(qkv).max() > 0.9 * np.sqrt(6 / (192 + 576))
+  pk = np.asarray(enc["patch_embed"]["proj"]["kernel"])  # xavier on the (out, in*kh*kw) view
+  bound = np.sqrt(6 / (4 * 4 * 3 + 192))
+  assert bound * 0.9 < np.abs(pk).max() <= bound + 1e-7
+  assert float(np.abs(enc["blocks_0"]["attn"]["qkv"]["bias"]).max()) == 0.0
+  np.testing.assert_array_equal(enc["norm"]["scale"], 1.0)
+
+
+def test_drop_path_is_random_in_training_and_off_in_eval():
+  model = create_model("vit_tiny_patch16", image_size=32, patch_size=4, depth=2,
+                       drop_path_rate=0.5)
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  params = model.init(jax.random.key(0), x)["params"]
+  a, _ = model.apply({"params": params}, x, train=True, rngs={"droppath": jax.random.key(1)})
+  b, _ = model.apply({"params": params}, x, train=True, rngs={"droppath": jax.random.key(2)})
+  c, _ = model.apply({"params": params}, x)
+  d, _ = model.apply({"params": params}, x)
+  assert not np.allclose(a, b)
+  np.testing.assert_array_equal(c, d)
+
+
+def test_wrong_image_size_is_a_clear_error():
+  with pytest.raises(ValueError, match="not divisible by patch_size"):
+    create_model("vit_tiny_patch16", image_size=30, patch_size=4).init(
+        jax.random.key(0), jnp.zeros((1, 30, 30, 3)))
+  with pytest.raises(ValueError, match="unknown model"):
+    create_model("vit_huge")
