@@ -26,6 +26,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax
+  from maelite_jax.utils.logs import quiet_library_logs
+  quiet_library_logs()
   config = _CONFIG.value
   if _DISTRIBUTED.value or config.distributed or os.environ.get("MAELITE_DISTRIBUTED") == "1":
     jax.distributed.initialize()

@@ -70,15 +70,15 @@ class Trainer:
 
   def _example_batch(self):
     s = self.config.model.image_size
-    return {"image": jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32)}
+    return {"image": jnp.zeros((1, s, s, 3), jnp.float32)}
 
   def _build_state(self):
-    batch = self._example_batch()
-    params_shape, _ = jax.eval_shape(lambda r: self.task.init(r, batch), jax.random.key(0))
+    params_shape, _ = jax.eval_shape(lambda r: self.task.init(r, self._example_batch()),
+                                     jax.random.key(0))
     self.optimizer = optim.build_optimizer(self.config.optim, self.schedule, params_shape)
 
     def init_state(rng):
-      params, extra = self.task.init(rng, batch)
+      params, extra = self.task.init(rng, self._example_batch())
       return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                         opt_state=self.optimizer.init(params), extra=extra)
 
@@ -88,7 +88,7 @@ class Trainer:
     self.abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
         self.state_shardings)
-    step_fn = make_train_step(self.task, self.optimizer, accum_steps=self.accum,
+    step_fn = make_train_step(self.task, self.optimizer, self.mesh, accum_steps=self.accum,
                               base_rng_seed=self.config.seed)
     batch_sh = mesh_lib.batch_sharding(self.mesh)
     self.train_step = jax.jit(step_fn, in_shardings=(self.state_shardings, batch_sh),
@@ -133,8 +133,9 @@ class Trainer:
     return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
             "extra": state.extra}
 
-  def run(self) -> dict:
-    """Trains until total_steps; returns the last logged metrics."""
+  def run(self, stop_at: int | None = None) -> dict:
+    """Trains until total_steps (or stops, checkpointed, after step `stop_at`, as a preemption
+    would); returns the last logged metrics."""
     cfg = self.config
     manager = ckpt_lib.make_manager(self.workdir, save_interval_steps=cfg.checkpoint_every,
                                     max_to_keep=cfg.keep_checkpoints)
@@ -155,7 +156,8 @@ class Trainer:
     vis_batch = self._vis_batch()
     stop = _StopFlag()
     try:
-      last, step, state = self._loop(state, start, train_iter, manager, logger, stop, vis_batch)
+      last, step, state = self._loop(state, start, train_iter, manager, logger, stop, vis_batch,
+                                     stop_at)
     finally:
       stop.restore()
       manager.wait_until_finished()
@@ -166,13 +168,15 @@ class Trainer:
     self.state = state
     return last
 
-  def _loop(self, state, start, train_iter, manager, logger, stop, vis_batch):
+  def _loop(self, state, start, train_iter, manager, logger, stop, vis_batch, stop_at):
     cfg = self.config
     last = {}
     logger.start(start)
     t_compile = time.perf_counter()
     step = start
     for step in range(start + 1, self.total_steps + 1):
+      if step == stop_at:
+        stop.requested = True
       batch = next(train_iter)
       state, metrics = self.train_step(state, batch)
       if step == start + 1:
@@ -185,8 +189,8 @@ class Trainer:
       if not np.isfinite(last.get("loss", 0.0)):
         raise FloatingPointError(f"loss is {last['loss']} at step {step}; lower config.optim."
                                  "base_lr or enable config.optim.grad_clip")
-      ckpt_lib.save(manager, step, self._as_dict(state), self.meta(),
-                    force=step == self.total_steps or stop.requested)
+      if step % cfg.checkpoint_every == 0 or step == self.total_steps or stop.requested:
+        ckpt_lib.save(manager, step, self._as_dict(state), self.meta(), force=True)
       if cfg.eval_every and step % cfg.eval_every == 0 and step != self.total_steps:
         self._visualize(state, vis_batch, step)
       if stop.requested:

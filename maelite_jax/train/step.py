@@ -9,7 +9,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from maelite_jax.train.mesh import DATA_AXIS
 
@@ -22,13 +22,13 @@ class TrainState:
   extra: dict
 
 
-def _split_micro(x, k: int):
+def _split_micro(x, k: int, mesh):
   """(B, ...) -> (k, B/k, ...) with micro-batch j = rows j::k (keeps the data sharding)."""
   x = x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
-  return jax.lax.with_sharding_constraint(x, P(None, DATA_AXIS))
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, DATA_AXIS)))
 
 
-def make_train_step(task, optimizer, *, accum_steps: int = 1, base_rng_seed: int = 0):
+def make_train_step(task, optimizer, mesh, *, accum_steps: int = 1, base_rng_seed: int = 0):
   """Returns step(state, batch) -> (state, metrics); rng = fold_in(key(seed), step)."""
 
   def loss_and_grad(params, extra, batch, rng, step):
@@ -43,7 +43,7 @@ def make_train_step(task, optimizer, *, accum_steps: int = 1, base_rng_seed: int
     if accum_steps == 1:
       grads, metrics, extra = loss_and_grad(state.params, state.extra, batch, rng_loss, state.step)
     else:
-      micro = jax.tree.map(lambda x: _split_micro(x, accum_steps), batch)
+      micro = jax.tree.map(lambda x: _split_micro(x, accum_steps, mesh), batch)
 
       def body(carry, xs):
         grads_acc, metrics_acc, extra = carry
@@ -62,7 +62,7 @@ def make_train_step(task, optimizer, *, accum_steps: int = 1, base_rng_seed: int
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     extra = task.after_update(params, extra, state.step)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, extra=extra)
     return new_state, metrics
 

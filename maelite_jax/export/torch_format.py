@@ -1,0 +1,264 @@
+"""Flax params <-> PyTorch state dicts in timm's ViT and the reference MAE key names.
+
+Our parameter names follow timm's, so a key is the flax path joined by '.', with `blocks_3` ->
+`blocks.3` and `kernel`/`scale` -> `weight`; Dense kernels are transposed (flax (in, out), torch
+(out, in)) and the patch conv goes HWIO <-> OIHW. The encoder's keys are the same in both formats
+(timm's VisionTransformer and MAE's encoder half); 'mae' adds the decoder. Fixed sin-cos tables
+are no flax params but torch modules keep them (`pos_embed`, `decoder_pos_embed`), so export
+writes them and import checks them, loading `pos_embed` only into a trainable table.
+"""
+
+import dataclasses
+import re
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import traverse_util
+
+from maelite_jax.export import io
+from maelite_jax.models.posemb import sincos_2d
+
+FORMATS = ("timm", "mae")
+_ORDER = ("cls_token", "pos_embed", "patch_embed", "proj", "blocks", "norm", "fc_norm", "head",
+          "decoder_embed", "mask_token", "decoder_pos_embed", "decoder_blocks", "decoder_norm",
+          "decoder_pred", "norm1", "attn", "qkv", "norm2", "mlp", "fc1", "fc2", "weight", "bias")
+# A stored sin-cos table matches ours to this tolerance: bfloat16 rounding of values in [-1, 1]
+# is at most 2e-3; a trained table moves further.
+_SINCOS_TOL = 5e-3
+
+
+def _check_format(fmt: str):
+  if fmt not in FORMATS:
+    raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+
+
+def torch_key(path: tuple[str, ...]) -> str:
+  """('encoder', 'blocks_3', 'attn', 'qkv', 'kernel') -> 'blocks.3.attn.qkv.weight'."""
+  if path and path[0] == "encoder":
+    path = path[1:]
+  parts = [re.sub(r"^(blocks|decoder_blocks)_(\d+)$", r"\1.\2", p) for p in path]
+  parts[-1] = {"kernel": "weight", "scale": "weight"}.get(parts[-1], parts[-1])
+  return ".".join(parts)
+
+
+def _sort_key(name: str):
+  return tuple((_ORDER.index(p) if p in _ORDER else len(_ORDER), int(p) if p.isdigit() else -1, p)
+               for p in name.split("."))
+
+
+def _to_torch_leaf(path, value):
+  value = io.to_numpy(value)
+  if path[-1] == "kernel" and value.ndim == 2:
+    return value.T
+  if path[-1] == "kernel" and value.ndim == 4:  # conv HWIO -> OIHW
+    return value.transpose(3, 2, 0, 1)
+  return value
+
+
+def _from_torch_leaf(path, value):
+  if path[-1] == "kernel" and value.ndim == 2:
+    return value.T
+  if path[-1] == "kernel" and value.ndim == 4:  # conv OIHW -> HWIO
+    return value.transpose(2, 3, 1, 0)
+  return value
+
+
+def _flat(params) -> dict:
+  return traverse_util.flatten_dict(params)
+
+
+def _sincos_table(dim: int, num_tokens: int) -> np.ndarray:
+  """The (1, num_tokens, dim) sin-cos table with its cls row, as MAE builds it."""
+  grid = int(round((num_tokens - 1)**0.5))
+  if grid * grid != num_tokens - 1:
+    raise ValueError(f"a position table of {num_tokens} tokens is not 1 + a square grid")
+  return sincos_2d(dim, grid, cls_token=True)[None]
+
+
+def to_torch_state_dict(params: Mapping[str, Any], fmt: str = "timm", *,
+                        image_size: int | None = None, dtype: str = "float32") -> dict:
+  """Flax params -> {torch key: numpy array} in 'timm' or 'mae' key names.
+
+  params: a VisionTransformer tree, or a MaskedAutoencoder tree ({'encoder', decoder...}); for
+  'timm' an MAE tree contributes its encoder only. image_size is needed to write the fixed
+  sin-cos tables (every model here except a fine-tuned one with a trainable pos_embed).
+  """
+  _check_format(fmt)
+  flat = _flat(params)
+  is_mae = any(p[0] == "encoder" for p in flat)
+  if fmt == "mae" and not is_mae:
+    raise ValueError("the 'mae' format needs MAE params (with an 'encoder' subtree and the "
+                     "decoder); export a ViT with fmt='timm'")
+  if fmt == "timm" and is_mae:
+    flat = {p: v for p, v in flat.items() if p[0] == "encoder"}
+  out = {torch_key(p): _to_torch_leaf(p, v) for p, v in flat.items()}
+
+  def table(width):
+    if image_size is None:
+      raise ValueError("image_size is needed to write the fixed sin-cos position tables")
+    patch = out["patch_embed.proj.weight"].shape[-1]
+    return _sincos_table(width, (image_size // patch)**2 + 1)
+
+  if "pos_embed" not in out:
+    out["pos_embed"] = table(out["cls_token"].shape[-1])
+  if fmt == "mae":
+    out["decoder_pos_embed"] = table(out["mask_token"].shape[-1])
+  return io.cast({k: out[k] for k in sorted(out, key=_sort_key)}, dtype)
+
+
+def resize_pos_embed(table: np.ndarray, num_tokens: int, num_prefix_tokens: int = 1) -> np.ndarray:
+  """Resamples a (1, prefix + g*g, D) table to num_tokens like timm's resample_abs_pos_embed.
+
+  Bicubic with antialiasing (timm's default); jax.image.resize's Keys kernel (a = -0.5) with
+  antialias matches torch's antialiased bicubic to ~1e-6.
+  """
+  table = np.asarray(table, np.float32)
+  if table.shape[1] == num_tokens:
+    return table
+  prefix, grid = table[:, :num_prefix_tokens], table[:, num_prefix_tokens:]
+  old, new = (int(round(n**0.5)) for n in (grid.shape[1], num_tokens - num_prefix_tokens))
+  if old * old != grid.shape[1] or new * new != num_tokens - num_prefix_tokens:
+    raise ValueError(f"cannot resize a position table of {table.shape[1]} tokens to {num_tokens}: "
+                     "only square grids after the cls token are supported")
+  dim = table.shape[-1]
+  grid = jax.image.resize(jnp.asarray(grid.reshape(1, old, old, dim)), (1, new, new, dim),
+                          method="bicubic", antialias=True)
+  grid = np.asarray(grid, np.float32).reshape(1, new * new, dim)
+  return np.concatenate([prefix, grid], axis=1)
+
+
+@dataclasses.dataclass
+class ImportReport:
+  """What `from_torch_state_dict` did, for logs and for the checkpoint's meta."""
+  prefix: str = ""
+  missing: list = dataclasses.field(default_factory=list)  # filled from init (allow_missing)
+  unexpected: list = dataclasses.field(default_factory=list)  # in the file, not in the model
+  skipped: list = dataclasses.field(default_factory=list)  # outside the chosen prefix
+  resized: dict = dataclasses.field(default_factory=dict)  # key -> [old tokens, new tokens]
+  notes: list = dataclasses.field(default_factory=list)
+
+  def summary(self) -> str:
+    lines = [f"prefix {self.prefix!r}" if self.prefix else "no prefix"]
+    if self.skipped:
+      lines.append(f"{len(self.skipped)} keys outside the prefix skipped, e.g. {self.skipped[:3]}")
+    decoder = [k for k in self.unexpected if k.startswith(("decoder_", "mask_token"))]
+    other = [k for k in self.unexpected if k not in decoder]
+    if decoder:
+      lines.append(f"MAE decoder not loaded ({len(decoder)} keys; the model is an encoder)")
+    if other:
+      lines.append(f"unexpected keys (not loaded): {other}")
+    if self.missing:
+      lines.append(f"missing keys (left at their initial values): {self.missing}")
+    lines += [f"resized {k}: {a} -> {b} tokens" for k, (a, b) in self.resized.items()]
+    return "; ".join(lines + self.notes)
+
+
+def _dummy_inputs(model):
+  size, chans = model.image_size, model.in_chans
+  return jnp.zeros((1, size, size, chans), jnp.float32)
+
+
+def _init(model, abstract: bool):
+  rngs = {"params": jax.random.PRNGKey(0), "masking": jax.random.PRNGKey(1)}
+  fn = lambda: model.init(rngs, _dummy_inputs(model))["params"]
+  if abstract:
+    return jax.eval_shape(fn)
+  lowered = jax.jit(fn).lower()
+  if jax.default_backend() == "cpu":  # run once: optimising the program costs more than it saves
+    return lowered.compile({"xla_backend_optimization_level": 0,
+                            "xla_llvm_disable_expensive_passes": True})()
+  return lowered.compile()()
+
+
+def _check_fixed_table(key, value, report):
+  """A fixed sin-cos target ignores the file's table; it says so when the table was trained."""
+  try:
+    diff = float(np.max(np.abs(value - _sincos_table(value.shape[-1], value.shape[1]))))
+  except ValueError:  # not 1 + a square grid: cannot be MAE's table
+    diff = np.inf
+  if diff > _SINCOS_TOL:
+    msg = (f"{key} in the file is not the fixed sin-cos table (max diff {diff:.3g}); the target "
+           "model uses fixed sin-cos positions, so it is ignored")
+    if key == "pos_embed":
+      msg += " (build the target with trainable_pos_embed=True to load it)"
+    report.notes.append(msg)
+    logging.warning(msg)
+
+
+def from_torch_state_dict(state_dict: Mapping[str, Any], fmt: str = "timm", *, model,
+                          prefix: str | None = None, allow_missing: bool = False):
+  """{torch key: tensor} -> (flax params for `model`, ImportReport).
+
+  model: the flax module to load into (VisionTransformer or MaskedAutoencoder); its parameter
+  shapes decide what is read. A pos_embed with another grid is resized (bicubic) for a
+  trainable table; a fixed sin-cos target only checks it. Unexpected keys are reported, missing
+  ones raise KeyError naming them unless allow_missing (then they keep the model's init).
+  """
+  _check_format(fmt)
+  expected = _flat(_init(model, abstract=True))
+  if fmt == "timm" and any(p[0] == "encoder" for p in expected):
+    raise ValueError("the 'timm' format holds only an encoder; load it into a vit_* model, or "
+                     "use fmt='mae' for a whole MAE checkpoint")
+  sd, used_prefix, skipped = io.strip_prefix(state_dict, prefix)
+  sd = {k: io.to_numpy(v) for k, v in sd.items()}
+  report = ImportReport(prefix=used_prefix, skipped=skipped)
+  params, missing, bad_shapes = {}, [], []
+  for path, leaf in expected.items():
+    key = torch_key(path)
+    if key not in sd:
+      missing.append(key)
+      continue
+    value = _from_torch_leaf(path, sd.pop(key))
+    if key == "pos_embed" and value.shape != leaf.shape:
+      report.resized[key] = [value.shape[1], leaf.shape[1]]
+      value = resize_pos_embed(value, leaf.shape[1])
+    if value.shape != leaf.shape:
+      bad_shapes.append(f"{key}: file {tuple(value.shape)} (as flax) vs model {tuple(leaf.shape)}")
+      continue
+    params[path] = value.astype(leaf.dtype)
+  for key in ("pos_embed", "decoder_pos_embed"):
+    if key in sd and sd[key].ndim == 3:
+      _check_fixed_table(key, sd.pop(key), report)
+  if bad_shapes:
+    raise ValueError("shape mismatch between the file and the model (check --model, "
+                     "--image-size, --num-classes, --model-arg):\n  " + "\n  ".join(bad_shapes))
+  report.unexpected = sorted(sd, key=_sort_key)
+  if missing:
+    if not allow_missing:
+      raise KeyError(f"the file lacks {len(missing)} weights of the model: {missing}. Check the "
+                     f"prefix (used {used_prefix!r}), the format and the model arguments "
+                     "(e.g. num_classes), or pass allow_missing to keep their initial values")
+    init = _flat(_init(model, abstract=False))
+    params.update({p: np.asarray(init[p]) for p in expected if torch_key(p) in missing})
+    report.missing = missing
+  if report.unexpected or report.missing:
+    logging.warning("importing weights: %s", report.summary())
+  return traverse_util.unflatten_dict({p: params[p] for p in expected}), report
+
+
+def timm_model_args(model, params: Mapping[str, Any]) -> dict:
+  """`timm.create_model(**args)` arguments for a 'timm' export of `model` (ViT or MAE module).
+
+  Head count is not visible in the weights (MAE-Lite's Tiny has 12, timm's stock Tiny 3), so it
+  comes from the module; pooling and head come from the params.
+  """
+  enc = params["encoder"] if "encoder" in params else params
+  base = {192: "vit_tiny", 384: "vit_small", 768: "vit_base"}.get(model.embed_dim, "vit_base")
+  num_classes = int(np.shape(enc["head"]["bias"])[0]) if "head" in enc else 0
+  return {
+      "model_name": f"{base}_patch16_224",
+      "img_size": model.image_size, "patch_size": model.patch_size, "in_chans": model.in_chans,
+      "embed_dim": model.embed_dim, "depth": model.depth, "num_heads": model.num_heads,
+      "mlp_ratio": model.mlp_ratio, "num_classes": num_classes,
+      "global_pool": "avg" if "fc_norm" in enc else "token",
+  }
+
+
+def mae_model_args(model) -> dict:
+  """Constructor arguments of the reference models_mae.MaskedAutoencoderViT for a 'mae' export."""
+  names = ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "decoder_embed_dim",
+           "decoder_depth", "decoder_num_heads", "mlp_ratio")
+  return {"img_size": model.image_size, **{n: getattr(model, n) for n in names}}

@@ -1,0 +1,377 @@
+"""PyTorch interop: round trips, and parity of exported weights in timm and an independent torch MAE.
+
+Needs the test-only dependencies (requirements-test.txt: torch CPU and timm); skipped without.
+Params are random (not init's) so that zero biases and unit norms cannot hide a wrong mapping.
+"""
+
+import functools
+import importlib.util
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+torch = pytest.importorskip("torch")
+from torch_stubs import install_torchvision_stub  # noqa: E402
+
+install_torchvision_stub()
+timm = pytest.importorskip("timm")
+from timm.layers import resample_abs_pos_embed  # noqa: E402
+from timm.models.vision_transformer import Block as TimmBlock  # noqa: E402
+
+from maelite_jax import export  # noqa: E402
+from maelite_jax.models.posemb import sincos_2d  # noqa: E402
+from maelite_jax.models.registry import create_model  # noqa: E402
+from maelite_jax.objectives.mae import mae_loss, patchify  # noqa: E402
+from maelite_jax.train.checkpoint import load_params, save_params  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dict(image_size=32, patch_size=4, depth=2)  # 8x8 grid, 12 heads of width 16
+TOL = 1e-4
+torch.set_num_threads(2)
+
+
+def _random_params(model, seed):
+  """Random weights of realistic scale from the param shapes (no init compile; LayerNorm scales
+  and biases away from 1 and 0 so that a wrong mapping cannot hide)."""
+  images = jnp.zeros((1, model.image_size, model.image_size, 3))
+  rngs = {"params": jax.random.PRNGKey(0), "masking": jax.random.PRNGKey(1)}
+  shapes = jax.eval_shape(lambda: model.init(rngs, images)["params"])
+  rng = np.random.default_rng(seed)
+
+  def make(path, leaf):
+    name, noise = path[-1].key, rng.standard_normal(leaf.shape)
+    if name == "kernel":
+      value = noise / np.sqrt(np.prod(leaf.shape[:-1]))
+    elif name == "scale":
+      value = 1.0 + 0.1 * noise
+    elif name == "pos_embed":
+      value = sincos_2d(leaf.shape[-1], model.grid_size, cls_token=True)[None] + 0.02 * noise
+    else:
+      value = 0.02 * noise
+    return value.astype(np.float32)
+  return jax.tree_util.tree_map_with_path(make, shapes)
+
+
+@functools.lru_cache(maxsize=None)
+def _case(name, **overrides):
+  """(module, random params), built once per configuration."""
+  model = create_model(name, **overrides)
+  return model, _random_params(model, seed=len(overrides))
+
+
+def _images(n, size, seed=0):
+  return np.random.default_rng(seed).standard_normal((n, size, size, 3)).astype(np.float32)
+
+
+def _nchw(images):
+  return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def _torch_sd(state_dict):
+  return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}
+
+
+def _assert_same_tree(a, b):
+  fa = dict(jax.tree_util.tree_flatten_with_path(a)[0])
+  fb = dict(jax.tree_util.tree_flatten_with_path(b)[0])
+  assert fa.keys() == fb.keys()
+  for path in fa:
+    np.testing.assert_array_equal(np.asarray(fa[path]), np.asarray(fb[path]), err_msg=str(path))
+
+
+# ---------------------------------------------------------------------------------------- timm
+
+VIT_CASES = {
+    "tiny224": {},
+    "small_features": SMALL,
+    "small_token_head": dict(SMALL, num_classes=10, global_pool="token"),
+    "small_avg_head_trainable_pos": dict(SMALL, num_classes=10, global_pool="avg",
+                                         trainable_pos_embed=True),
+}
+
+
+@pytest.mark.parametrize("case", list(VIT_CASES))
+def test_timm_round_trip_is_exact(case):
+  model, params = _case("vit_tiny_patch16", **VIT_CASES[case])
+  sd = export.to_torch_state_dict(params, "timm", image_size=model.image_size)
+  back, report = export.from_torch_state_dict(sd, "timm", model=model)
+  _assert_same_tree(params, back)
+  assert not report.unexpected and not report.missing and not report.notes
+
+
+@pytest.mark.parametrize("case", list(VIT_CASES))
+def test_timm_parity(case):
+  model, params = _case("vit_tiny_patch16", **VIT_CASES[case])
+  images = _images(2, model.image_size)
+  ours = np.asarray(jax.jit(model.apply)({"params": params}, images)[0])
+  args = export.timm_model_args(model, params)
+  assert args["num_heads"] == 12
+  net = timm.create_model(**args).eval()
+  net.load_state_dict(_torch_sd(export.to_torch_state_dict(
+      params, "timm", image_size=model.image_size)), strict=True)
+  with torch.no_grad():
+    theirs = (net(_nchw(images)) if args["num_classes"] else net.forward_features(_nchw(images)))
+  diff = float(np.max(np.abs(ours - theirs.numpy())))
+  print(f"timm parity {case}: output {ours.shape}, max abs diff {diff:.2e}")
+  assert ours.shape == tuple(theirs.shape) and diff <= TOL
+
+
+def test_mae_checkpoint_exports_its_encoder_to_timm():
+  model, params = _case("mae_vit_tiny_patch16", **SMALL)
+  sd = export.to_torch_state_dict(params, "timm", image_size=32)
+  assert not any(k.startswith(("decoder", "mask_token")) for k in sd)
+  net = timm.create_model(**export.timm_model_args(model, params))
+  net.load_state_dict(_torch_sd(sd), strict=True)
+
+
+# ----------------------------------------------------------------------------------------- MAE
+
+class TorchMAE(torch.nn.Module):
+  """The reference MAE forward written from its formulas, with timm blocks, for parity only."""
+
+  def __init__(self, img_size, patch_size, embed_dim, depth, num_heads, decoder_embed_dim,
+               decoder_depth, decoder_num_heads, mlp_ratio=4.0, in_chans=3):
+    super().__init__()
+    nn = torch.nn
+    norm = functools.partial(nn.LayerNorm, eps=1e-6)
+    num_patches = (img_size // patch_size)**2
+    self.patch_size = patch_size
+    self.patch_embed = nn.Module()
+    self.patch_embed.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size)
+    self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+    self.register_buffer("pos_embed", torch.zeros(1, num_patches + 1, embed_dim))
+    self.blocks = nn.ModuleList(TimmBlock(embed_dim, num_heads, mlp_ratio, qkv_bias=True,
+                                          norm_layer=norm) for _ in range(depth))
+    self.norm = norm(embed_dim)
+    self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+    self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+    self.register_buffer("decoder_pos_embed", torch.zeros(1, num_patches + 1, decoder_embed_dim))
+    self.decoder_blocks = nn.ModuleList(
+        TimmBlock(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm)
+        for _ in range(decoder_depth))
+    self.decoder_norm = norm(decoder_embed_dim)
+    self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
+
+  def patchify(self, imgs):  # (B, C, H, W) -> (B, N, p*p*C) in (h, w, p, q, c) order
+    b, c, height, width = imgs.shape
+    p = self.patch_size
+    x = imgs.reshape(b, c, height // p, p, width // p, p)
+    return torch.einsum("bchpwq->bhwpqc", x).reshape(b, (height // p) * (width // p), p * p * c)
+
+  def forward(self, imgs, noise, mask_ratio=0.75):
+    x = self.patch_embed.proj(imgs).flatten(2).transpose(1, 2) + self.pos_embed[:, 1:]
+    b, n, d = x.shape
+    keep = int(n * (1 - mask_ratio))
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    x = torch.gather(x, 1, ids_shuffle[:, :keep, None].expand(-1, -1, d))
+    mask = torch.ones(b, n)
+    mask[:, :keep] = 0
+    mask = torch.gather(mask, 1, ids_restore)
+    cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
+    x = torch.cat([cls, x], dim=1)
+    for blk in self.blocks:
+      x = blk(x)
+    x = self.decoder_embed(self.norm(x))
+    tokens = torch.cat([x[:, 1:], self.mask_token.expand(b, n - keep, -1)], dim=1)
+    tokens = torch.gather(tokens, 1, ids_restore[:, :, None].expand(-1, -1, x.shape[-1]))
+    x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
+    for blk in self.decoder_blocks:
+      x = blk(x)
+    pred = self.decoder_pred(self.decoder_norm(x))[:, 1:]
+    target = self.patchify(imgs)
+    mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)  # unbiased
+    target = (target - mean) / (var + 1e-6)**0.5
+    loss = ((pred - target)**2).mean(-1)
+    return (loss * mask).sum() / mask.sum(), pred, mask
+
+
+MAE_CASES = {"tiny224": {}, "small": dict(SMALL, decoder_depth=2)}
+
+
+@pytest.mark.parametrize("case", list(MAE_CASES))
+def test_mae_round_trip_is_exact(case):
+  model, params = _case("mae_vit_tiny_patch16", **MAE_CASES[case])
+  sd = export.to_torch_state_dict(params, "mae", image_size=model.image_size)
+  assert {"pos_embed", "decoder_pos_embed", "mask_token", "decoder_pred.weight"} <= set(sd)
+  back, report = export.from_torch_state_dict(sd, "mae", model=model)
+  _assert_same_tree(params, back)
+  assert not report.unexpected and not report.notes  # the exported tables are the sin-cos ones
+
+
+@pytest.mark.parametrize("case", list(MAE_CASES))
+def test_mae_parity_same_noise_same_loss(case):
+  model, params = _case("mae_vit_tiny_patch16", **MAE_CASES[case])
+  images = _images(2, model.image_size, seed=1)
+  noise = np.random.default_rng(2).uniform(size=(2, model.num_patches)).astype(np.float32)
+
+  @jax.jit
+  def flax_loss(params, images, noise):
+    out = model.apply({"params": params}, images, noise)
+    return mae_loss(out["pred"], patchify(images, model.patch_size), out["mask"]), out
+  loss, out = flax_loss(params, images, noise)
+
+  net = TorchMAE(**export.mae_model_args(model)).eval()
+  net.load_state_dict(_torch_sd(export.to_torch_state_dict(
+      params, "mae", image_size=model.image_size)), strict=True)
+  with torch.no_grad():
+    t_loss, t_pred, t_mask = net(_nchw(images), torch.from_numpy(noise))
+  np.testing.assert_array_equal(np.asarray(out["mask"]), t_mask.numpy())
+  pred_diff = float(np.max(np.abs(np.asarray(out["pred"]) - t_pred.numpy())))
+  loss_diff = abs(float(loss) - float(t_loss))
+  print(f"mae parity {case}: loss {float(loss):.6f}, loss diff {loss_diff:.2e}, "
+        f"pred max abs diff {pred_diff:.2e}")
+  assert loss_diff <= 1e-5 and pred_diff <= TOL
+
+
+# -------------------------------------------------------------------------------------- import
+
+def _small_head_export():
+  model, params = _case("vit_tiny_patch16", **VIT_CASES["small_avg_head_trainable_pos"])
+  return model, params, export.to_torch_state_dict(params, "timm", image_size=32)
+
+
+def test_import_strips_module_prefix_and_reports_extra_keys():
+  model, params, sd = _small_head_export()
+  wrapped = {"module." + k: v for k, v in sd.items()}
+  wrapped["module.head_dist.weight"] = np.zeros((10, 192), np.float32)
+  back, report = export.from_torch_state_dict(_torch_sd(wrapped), "timm", model=model)
+  _assert_same_tree(params, back)
+  assert report.unexpected == ["head_dist.weight"]
+  assert "head_dist.weight" in report.summary()
+
+
+def test_import_missing_keys_raise_with_their_names():
+  model, params, sd = _small_head_export()
+  del sd["blocks.1.mlp.fc2.weight"], sd["head.bias"]
+  with pytest.raises(KeyError, match=r"blocks\.1\.mlp\.fc2\.weight.*head\.bias"):
+    export.from_torch_state_dict(sd, "timm", model=model)
+  back, report = export.from_torch_state_dict(sd, "timm", model=model, allow_missing=True)
+  assert report.missing == ["blocks.1.mlp.fc2.weight", "head.bias"]
+  np.testing.assert_array_equal(back["blocks_0"]["mlp"]["fc2"]["kernel"],
+                                params["blocks_0"]["mlp"]["fc2"]["kernel"])
+
+
+def test_import_resizes_trainable_pos_embed_like_timm():
+  _, _, sd = _small_head_export()
+  target = create_model("vit_tiny_patch16", **dict(VIT_CASES["small_avg_head_trainable_pos"],
+                                                   image_size=48))
+  back, report = export.from_torch_state_dict(sd, "timm", model=target)
+  assert report.resized == {"pos_embed": [65, 145]}
+  expected = resample_abs_pos_embed(torch.from_numpy(sd["pos_embed"]), (12, 12),
+                                    num_prefix_tokens=1).numpy()
+  assert back["pos_embed"].shape == (1, 145, 192)
+  np.testing.assert_allclose(back["pos_embed"], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("image_size", [32, 48])
+def test_import_into_fixed_sincos_only_checks_a_trained_table(image_size):
+  _, params, sd = _small_head_export()
+  target = create_model("vit_tiny_patch16", **dict(VIT_CASES["small_avg_head_trainable_pos"],
+                                                   image_size=image_size, trainable_pos_embed=False))
+  back, report = export.from_torch_state_dict(sd, "timm", model=target)
+  assert "pos_embed" not in back and not report.unexpected
+  assert len(report.notes) == 1 and "pos_embed" in report.notes[0]
+  np.testing.assert_array_equal(back["cls_token"], params["cls_token"])
+
+
+def test_import_files_with_wrappers_and_prefixes(tmp_path):
+  model, params = _case("mae_vit_tiny_patch16", **MAE_CASES["small"])
+  sd = export.to_torch_state_dict(params, "mae", image_size=32)
+  # MAE-Lite: {'model': {'module.model.<mae key>': ...}, ...} in a .pth.tar.
+  path = str(tmp_path / "mae_lite.pth.tar")
+  torch.save({"model": {"module.model." + k: v for k, v in _torch_sd(sd).items()},
+              "start_epoch": 400}, path)
+  back, report = export.from_torch_state_dict(export.read_state_dict(path), "mae", model=model)
+  _assert_same_tree(params, back)
+  assert report.prefix == "model."
+  # MoCo-v3: two encoders in one file; the choice must be explicit.
+  vit, vit_params = _case("vit_tiny_patch16", **SMALL)
+  enc = export.to_torch_state_dict(vit_params, "timm", image_size=32)
+  moco = {f"module.{which}.{k}": v for which in ("base_encoder", "momentum_encoder")
+          for k, v in enc.items()}
+  export.write_safetensors(moco, str(tmp_path / "moco.safetensors"))
+  moco = export.read_state_dict(str(tmp_path / "moco.safetensors"))
+  with pytest.raises(ValueError, match="prefix"):
+    export.from_torch_state_dict(moco, "timm", model=vit)
+  back, report = export.from_torch_state_dict(moco, "timm", model=vit, prefix="base_encoder.")
+  _assert_same_tree(vit_params, back)
+  assert len(report.skipped) == len(enc) and not report.unexpected
+
+
+# ------------------------------------------------------------------------------------- scripts
+
+def _script(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", name + ".py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _run_script(name, *args):
+  module = _script(name)
+  fv = flags.FlagValues()
+  module.define_flags(fv)
+  module.main(fv([name + ".py", *args]), fv)
+
+
+@pytest.fixture(scope="module")
+def mae_workdir(tmp_path_factory):
+  _, params = _case("mae_vit_tiny_patch16", **SMALL)
+  workdir = str(tmp_path_factory.mktemp("mae_run"))
+  save_params(workdir, params, {"model": {"name": "mae_vit_tiny_patch16", "kwargs": SMALL}},
+              step=7)
+  return workdir, params
+
+
+def test_export_script_timm(mae_workdir, tmp_path):
+  workdir, params = mae_workdir
+  _run_script("export_torch", f"--checkpoint={workdir}", f"--out={tmp_path}/vit.safetensors")
+  with open(tmp_path / "vit.json") as f:
+    args = json.load(f)
+  assert args == {"model_name": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4,
+                  "in_chans": 3, "embed_dim": 192, "depth": 2, "num_heads": 12, "mlp_ratio": 4.0,
+                  "num_classes": 0, "global_pool": "token"}
+  from safetensors.torch import load_file
+  net = timm.create_model(**args)
+  net.load_state_dict(load_file(str(tmp_path / "vit.safetensors")), strict=True)
+  np.testing.assert_array_equal(net.cls_token.detach().numpy(), params["encoder"]["cls_token"])
+
+
+def test_export_script_mae_bfloat16_pth_then_import(mae_workdir, tmp_path):
+  workdir, params = mae_workdir
+  _run_script("export_torch", f"--checkpoint={workdir}/checkpoints/7", f"--out={tmp_path}/mae.pth",
+              "--format=mae", "--dtype=bfloat16")
+  assert {p.name for p in tmp_path.iterdir()} == {"mae.pth", "mae.safetensors", "mae.json"}
+  sd = torch.load(str(tmp_path / "mae.pth"), weights_only=True)
+  assert sd["decoder_pred.weight"].dtype == torch.bfloat16 and "decoder_pos_embed" in sd
+  with open(tmp_path / "mae.json") as f:
+    assert json.load(f)["decoder_num_heads"] == 3
+  out = str(tmp_path / "imported")
+  _run_script("import_torch", f"--torch-checkpoint={tmp_path}/mae.safetensors",
+              "--model=mae_vit_tiny_patch16", f"--out={out}", "--image-size=32",
+              "--model-arg=patch_size=4", "--model-arg=depth=2")
+  back, meta = load_params(out)
+  assert meta["model"] == {"name": "mae_vit_tiny_patch16",
+                           "kwargs": {"image_size": 32, "patch_size": 4, "depth": 2}}
+  rounded = jax.tree.map(lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32), params)
+  _assert_same_tree(rounded, back)
+
+
+def test_export_then_import_float32_is_exact(mae_workdir, tmp_path):
+  workdir, params = mae_workdir
+  _run_script("export_torch", f"--checkpoint={workdir}", f"--out={tmp_path}/enc.safetensors")
+  out = str(tmp_path / "imported")
+  _run_script("import_torch", f"--torch-checkpoint={tmp_path}/enc.safetensors",
+              "--model=vit_tiny_patch16", f"--out={out}", "--image-size=32",
+              "--model-arg=patch_size=4", "--model-arg=depth=2")
+  back, meta = load_params(out)
+  _assert_same_tree(params["encoder"], back)
+  assert meta["source"]["format"] == "timm" and meta["source"]["unexpected"] == []
