@@ -1,6 +1,7 @@
 """PyTorch interop: round trips, and parity of exported weights in timm and an independent torch MAE.
 
-Needs the test-only dependencies (requirements-test.txt: torch CPU and timm); skipped without.
+Needs the test-only dependencies (requirements-test.txt: torch CPU and timm), which `make test`
+installs; without them these tests fail rather than skip, so CI can never pass them silently.
 Params are random (not init's) so that zero biases and unit norms cannot hide a wrong mapping.
 """
 
@@ -17,11 +18,11 @@ import pytest
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 from torch_stubs import install_torchvision_stub  # noqa: E402
 
 install_torchvision_stub()
-timm = pytest.importorskip("timm")
+import timm  # noqa: E402
 from timm.layers import resample_abs_pos_embed  # noqa: E402
 from timm.models.vision_transformer import Block as TimmBlock  # noqa: E402
 

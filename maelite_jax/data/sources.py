@@ -1,0 +1,243 @@
+"""Where examples come from: tfds datasets (the built-in Fashion-MNIST among them) and
+ImageFolder directories, behind one small interface.
+
+A source hands the pipeline *undecoded* examples for one process's share of a split, so that
+resuming can skip examples before paying for decoding, and decodes them on request. Checks
+that need no dataset preparation live here too (`validate`), so configs fail before any
+compilation or download.
+"""
+
+import os
+import pathlib
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from maelite_jax.data import fashion_mnist_builtin
+
+BUILTIN = 'fashion_mnist_builtin'
+IMAGEFOLDER = 'imagefolder'
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
+
+
+def config_error(key: str, problem: str, fix: str) -> ValueError:
+  """One paragraph naming the config key, what is wrong and how to fix it."""
+  return ValueError(f'Bad data config `data.{key}`: {problem} Fix: {fix}')
+
+
+def _split_base(split: str) -> str:
+  """'train[:10%]' -> 'train'; tfds slicing syntax is allowed wherever a split is named."""
+  return split.split('[', 1)[0].strip()
+
+
+class Source:
+  """Interface: counts, one process's undecoded examples, and decoding."""
+
+  # True when `examples(..., seed)` already yields a full permutation of the examples, so the
+  # pipeline need not add a shuffle buffer.
+  shuffles_fully = False
+
+  def validate(self, splits) -> None:
+    raise NotImplementedError
+
+  def num_examples(self, split: str) -> int:
+    raise NotImplementedError
+
+  def process_counts(self, split: str, process_count: int, drop_remainder: bool) -> list:
+    """Examples each process reads (the pipeline needs all of them to agree on batch counts)."""
+    raise NotImplementedError
+
+  def examples(self, split, *, process_index, process_count, drop_remainder,
+               seed: Optional[int] = None) -> tf.data.Dataset:
+    """Undecoded examples of this process's share; `seed` (if given) shuffles file order."""
+    raise NotImplementedError
+
+  def decode(self, example) -> dict:
+    """-> {'image': uint8 (H, W, C), 'label': int32 ()}."""
+    raise NotImplementedError
+
+
+class TfdsSource(Source):
+  """Any tfds dataset with an image and a label feature; prepared on first use."""
+
+  def __init__(self, name: str, data_dir=None, image_key='image', label_key='label'):
+    self.name, self.data_dir = name, data_dir
+    self.image_key, self.label_key = image_key, label_key
+    self._builder = None
+
+  @property
+  def builder(self):
+    if self._builder is None:
+      try:
+        self._builder = tfds.builder(self.name, data_dir=self.data_dir)
+      except tfds.core.registered.DatasetNotFoundError:  # its message lists ~1000 names
+        raise config_error(
+            'dataset', f'{self.name!r} is not a registered tfds dataset (nor {IMAGEFOLDER!r}).',
+            f"use {BUILTIN!r} (bundled, offline), {IMAGEFOLDER!r} with data_dir pointing at "
+            "<root>/<split>/<class>/<images>, or a name from `tfds.list_builders()`, e.g. "
+            "'cifar10' or 'imagenet2012'.") from None
+    return self._builder
+
+  def validate(self, splits) -> None:
+    builder = self.builder
+    if self.name == BUILTIN:
+      known = set(fashion_mnist_builtin.SPLITS)
+    elif builder.is_prepared():
+      known = set(builder.info.splits)
+      features = builder.info.features
+      for key, attr in ((self.image_key, 'image_key'), (self.label_key, 'label_key')):
+        if key is not None and key not in features:
+          raise config_error(attr, f'tfds dataset {self.name!r} has no feature {key!r} '
+                             f'(it has {sorted(features)}).', f'set data.{attr} to one of them.')
+    else:
+      return  # Splits are only known once prepared; preparing is too slow for a check.
+    for key, split in splits.items():
+      if _split_base(split) not in known:
+        raise config_error(key, f'split {split!r} does not exist in tfds dataset {self.name!r} '
+                           f'(splits: {sorted(known)}).', f'set data.{key} to one of them.')
+
+  def _prepare(self):
+    if not self.builder.is_prepared():
+      self.builder.download_and_prepare()
+
+  def num_examples(self, split: str) -> int:
+    self._prepare()
+    return self.builder.info.splits[split].num_examples
+
+  def _process_split(self, split, process_index, process_count, drop_remainder):
+    return tfds.split_for_jax_process(split, process_index=process_index,
+                                      process_count=process_count, drop_remainder=drop_remainder)
+
+  def process_counts(self, split, process_count, drop_remainder):
+    self._prepare()
+    return [self.builder.info.splits[self._process_split(split, i, process_count,
+                                                         drop_remainder)].num_examples
+            for i in range(process_count)]
+
+  def examples(self, split, *, process_index, process_count, drop_remainder, seed=None):
+    self._prepare()
+    # Ordered datasets (disable_shuffling, like the builtin one) refuse shuffle_files unless
+    # the guard is off; training wants the shuffle regardless.
+    read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False,
+                                  shuffle_reshuffle_each_iteration=False,
+                                  enable_ordering_guard=False)
+    decoders = None
+    if isinstance(self.builder.info.features[self.image_key], tfds.features.Image):
+      decoders = {self.image_key: tfds.decode.SkipDecoding()}
+    return self.builder.as_dataset(
+        self._process_split(split, process_index, process_count, drop_remainder),
+        shuffle_files=seed is not None, read_config=read_config, decoders=decoders)
+
+  def decode(self, example):
+    image = example[self.image_key]
+    feature = self.builder.info.features[self.image_key]
+    if image.dtype == tf.string:
+      image = feature.decode_example(image)
+    label = example[self.label_key] if self.label_key else tf.constant(0)
+    return {'image': image, 'label': tf.cast(label, tf.int32)}
+
+
+class ImageFolderSource(Source):
+  """`root/<split>/<class>/**/<image>`; classes are the sorted union of the class folders of
+  all configured splits, so train and eval agree on labels even if a class is missing."""
+
+  shuffles_fully = True
+
+  def __init__(self, root, splits):
+    self.root = pathlib.Path(root) if root else None
+    self.splits = dict(splits)  # config key -> split name, for messages and classes
+    self._files = {}
+
+  def _split_dir(self, split):
+    return self.root / split
+
+  def validate(self, splits) -> None:
+    if self.root is None:
+      raise config_error('data_dir', f'dataset {IMAGEFOLDER!r} needs a root folder, got None.',
+                         'set data.data_dir to a folder holding <split>/<class>/<image files>.')
+    if not self.root.is_dir():
+      raise config_error('data_dir', f'the image folder {str(self.root)!r} does not exist.',
+                         'point data.data_dir at a folder holding <split>/<class>/<images>.')
+    for key, split in splits.items():
+      split_dir = self._split_dir(split)
+      if not split_dir.is_dir():
+        present = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        raise config_error(key, f'split folder {str(split_dir)!r} does not exist (sub-folders '
+                           f'of data.data_dir: {present}).', f'set data.{key} to one of them.')
+      if not self._class_dirs(split):
+        raise config_error(key, f'{str(split_dir)!r} has no class sub-folders.',
+                           'put images under <split>/<class_name>/ (one folder per class).')
+      if not any(_is_image(n) for d in self._class_dirs(split) for _, _, ns in os.walk(d)
+                 for n in ns):
+        raise config_error(key, f'no image files ({", ".join(IMAGE_EXTENSIONS)}) under '
+                           f'{str(split_dir)!r}.', 'add images or fix data.data_dir.')
+
+  def _class_dirs(self, split):
+    split_dir = self._split_dir(split)
+    return sorted(p for p in split_dir.iterdir() if p.is_dir()) if split_dir.is_dir() else []
+
+  @property
+  def classes(self) -> list:
+    names = set()
+    for split in self.splits.values():
+      names.update(p.name for p in self._class_dirs(split))
+    return sorted(names)
+
+  def files(self, split):
+    """(paths, labels) in a fixed order (sorted), listed once per split."""
+    if split not in self._files:
+      index = {name: i for i, name in enumerate(self.classes)}
+      paths, labels = [], []
+      for class_dir in self._class_dirs(split):
+        found = []
+        for dirpath, _, names in os.walk(class_dir):
+          found += [os.path.join(dirpath, n) for n in names if _is_image(n)]
+        paths += sorted(found)
+        labels += [index[class_dir.name]] * len(found)
+      self._files[split] = (np.array(paths, dtype=object), np.array(labels, np.int32))
+    return self._files[split]
+
+  def num_examples(self, split):
+    return len(self.files(split)[0])
+
+  def process_counts(self, split, process_count, drop_remainder):
+    n = self.num_examples(split)
+    if drop_remainder:
+      return [n // process_count] * process_count
+    return [len(range(i, n, process_count)) for i in range(process_count)]
+
+  def examples(self, split, *, process_index, process_count, drop_remainder, seed=None):
+    paths, labels = self.files(split)
+    paths, labels = paths[process_index::process_count], labels[process_index::process_count]
+    count = self.process_counts(split, process_count, drop_remainder)[process_index]
+    if seed is not None:
+      order = np.random.default_rng(seed).permutation(len(paths))
+      paths, labels = paths[order], labels[order]
+    paths, labels = paths[:count], labels[:count]
+    return tf.data.Dataset.from_tensor_slices(
+        {'path': tf.constant(list(paths), tf.string), 'label': labels})
+
+  def decode(self, example):
+    image = tf.io.decode_image(tf.io.read_file(example['path']), channels=3,
+                               expand_animations=False)
+    return {'image': image, 'label': example['label']}
+
+
+def _is_image(name: str) -> bool:
+  return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def make_source(data_cfg) -> Source:
+  """The source a data config names (no I/O beyond what construction needs)."""
+  name = data_cfg.get('dataset', BUILTIN)
+  if not isinstance(name, str) or not name:
+    raise config_error('dataset', f'expected a dataset name, got {name!r}.',
+                       f'use {BUILTIN!r}, {IMAGEFOLDER!r} or a tfds name.')
+  if name.lower() == IMAGEFOLDER:
+    splits = {'train_split': data_cfg.get('train_split', 'train'),
+              'eval_split': data_cfg.get('eval_split', 'test')}
+    return ImageFolderSource(data_cfg.get('data_dir'), splits)
+  return TfdsSource(name, data_cfg.get('data_dir'), data_cfg.get('image_key', 'image'),
+                    data_cfg.get('label_key', 'label'))

@@ -1,0 +1,300 @@
+"""Tests for maelite_jax.analysis (CKA, attention statistics, representations) and analyze.py."""
+
+import functools
+import importlib.util
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from maelite_jax.analysis import attention, cka, plots, representations
+from maelite_jax.models.registry import create_model, model_kwargs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def structured(n, seed=0, dims=(20, 30), latent=3, noise=1.0):
+  """Two feature sets sharing a low-dimensional latent: CKA clearly between 0 and 1."""
+  rng = np.random.default_rng(seed)
+  z = rng.normal(size=(n, latent))
+  x = z @ rng.normal(size=(latent, dims[0])) + noise * rng.normal(size=(n, dims[0]))
+  y = np.tanh(z @ rng.normal(size=(latent, dims[1]))) + noise * rng.normal(size=(n, dims[1]))
+  return x, y
+
+
+def ref_hsic_unbiased(k, l):
+  """Song et al. (2012) HSIC_1, written out directly (no centring of the features)."""
+  n = k.shape[0]
+  k, l = k.copy(), l.copy()
+  np.fill_diagonal(k, 0.0)
+  np.fill_diagonal(l, 0.0)
+  one = np.ones(n)
+  return (np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
+          - 2.0 / (n - 2) * (one @ k @ l @ one)) / (n * (n - 3))
+
+
+def ref_linear_cka(x, y):
+  """Feature-space linear CKA (Kornblith et al. 2019): ||Y'X||^2 / (||X'X|| ||Y'Y||)."""
+  x = x - x.mean(0)
+  y = y - y.mean(0)
+  return np.linalg.norm(y.T @ x)**2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
+
+
+# ---------------------------------------------------------------------------------------- CKA
+
+
+def test_cka_self_is_one():
+  x, _ = structured(64)
+  assert cka.cka(x, x) == pytest.approx(1.0, abs=1e-6)
+  assert cka.cka(x, x, unbiased=True) == pytest.approx(1.0, abs=1e-6)
+  assert cka.cka(x, x, kernel="rbf") == pytest.approx(1.0, abs=1e-6)
+  acc = cka.MinibatchCKA(1, 1)
+  for b in np.split(x, 4):
+    acc.update([b], [b])
+  assert acc.result()[0, 0] == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_cka_invariant_to_rotation_and_scale(kernel):
+  x, y = structured(96, seed=1)
+  q, _ = np.linalg.qr(np.random.default_rng(2).normal(size=(x.shape[1],) * 2))
+  base = cka.cka(x, y, kernel)
+  assert 0.1 < base < 0.95
+  assert cka.cka(x @ q, y, kernel) == pytest.approx(base, abs=1e-5)
+  assert cka.cka(3.7 * x, 0.2 * y, kernel) == pytest.approx(base, abs=1e-5)
+  acc, acc_t = cka.MinibatchCKA(1, 1, kernel), cka.MinibatchCKA(1, 1, kernel)
+  for bx, by in zip(np.split(x, 3), np.split(y, 3)):
+    acc.update([bx], [by])
+    acc_t.update([5.0 * bx @ q], [by])
+  np.testing.assert_allclose(acc_t.result(), acc.result(), atol=1e-5)
+
+
+def test_cka_matches_independent_numpy():
+  x, y = structured(80, seed=3)
+  assert cka.cka(x, y) == pytest.approx(ref_linear_cka(x, y), abs=1e-5)
+  k, l = x @ x.T, y @ y.T
+  assert cka.hsic_unbiased_cross(k[None], l[None])[0, 0] == pytest.approx(
+      ref_hsic_unbiased(k, l), rel=1e-9)
+  # float32 grams of batch-centred features give the same unbiased HSIC (shift invariance).
+  got = cka.cka(x, y, unbiased=True)
+  want = ref_hsic_unbiased(k, l) / np.sqrt(ref_hsic_unbiased(k, k) * ref_hsic_unbiased(l, l))
+  assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_minibatch_streaming_equals_all_batches_at_once():
+  """Every layer pair; batches fed one by one = the per-batch formula over all batches at once."""
+  rng = np.random.default_rng(4)
+  xs = [structured(120, seed=s)[0] for s in range(3)]  # model A: 3 layers
+  ys = [structured(120, seed=s)[1] for s in (0, 7)]     # model B: 2 layers
+  xs[1] = xs[1] + 0.1 * rng.normal(size=xs[1].shape)
+  acc = cka.MinibatchCKA(3, 2)
+  batches = np.split(np.arange(120), 5)
+  for idx in batches:
+    acc.update([x[idx] for x in xs], [y[idx] for y in ys])
+  want = np.zeros((3, 2))
+  for a, x in enumerate(xs):
+    for b, y in enumerate(ys):
+      kl = np.mean([ref_hsic_unbiased(x[i] @ x[i].T, y[i] @ y[i].T) for i in batches])
+      kk = np.mean([ref_hsic_unbiased(x[i] @ x[i].T, x[i] @ x[i].T) for i in batches])
+      ll = np.mean([ref_hsic_unbiased(y[i] @ y[i].T, y[i] @ y[i].T) for i in batches])
+      want[a, b] = kl / np.sqrt(kk * ll)
+  np.testing.assert_allclose(acc.result(), want, atol=1e-5)
+  assert acc.num_batches == 5 and acc.num_examples == 120
+
+
+def test_minibatch_padding_is_ignored():
+  x, y = structured(24, seed=5)
+  acc, padded = cka.MinibatchCKA(1, 1), cka.MinibatchCKA(1, 1)
+  for i in range(3):
+    bx, by = x[8 * i:8 * i + 8], y[8 * i:8 * i + 8]
+    acc.update([bx], [by])
+    pad = np.full((4, x.shape[1]), 9.0), np.full((4, y.shape[1]), -3.0)
+    valid = np.r_[np.ones(8, bool), np.zeros(4, bool)]
+    padded.update([np.r_[bx, pad[0]]], [np.r_[by, pad[1]]], valid)
+  np.testing.assert_allclose(padded.result(), acc.result(), atol=1e-6)
+
+
+def test_minibatch_approaches_full_data_cka():
+  n = 1024
+  x, y = structured(n, seed=6)
+  full = ref_linear_cka(x, y)
+  assert 0.2 < full < 0.9
+
+  def err(bs):
+    errs = []
+    for s in range(4):
+      perm = np.random.default_rng(s).permutation(n)
+      acc = cka.MinibatchCKA(1, 1)
+      for idx in np.split(perm, n // bs):
+        acc.update([x[idx]], [y[idx]])
+      errs.append(abs(acc.result()[0, 0] - full))
+    return np.mean(errs)
+
+  e8, e64, e512 = err(8), err(64), err(512)
+  assert e8 > e64 > e512
+  assert e512 < 0.01
+
+
+# ---------------------------------------------------------------------------------- attention
+
+
+def mean_pair_distance(g):
+  """Mean Euclidean distance between all ordered pairs of cells of a g x g grid, by brute force."""
+  cells = [(r, c) for r in range(g) for c in range(g)]
+  return np.mean([np.hypot(r1 - r2, c1 - c2) for r1, c1 in cells for r2, c2 in cells])
+
+
+def test_uniform_and_identity_attention():
+  g, heads = 4, 3
+  n = g * g
+  dist = attention.grid_distances(g, scale=16.0)
+  uniform = np.zeros((2, heads, 1 + n, 1 + n), np.float32)
+  uniform[:, :, 0, :] = 50.0  # cls row/column are removed before the softmax
+  uniform[:, :, :, 0] = 50.0
+  d, e = attention.attention_stats(uniform, dist)
+  np.testing.assert_allclose(d, 16.0 * mean_pair_distance(g), rtol=1e-5)
+  np.testing.assert_allclose(e, np.log(n), rtol=1e-3)
+  identity = np.where(np.eye(1 + n, dtype=bool), 0.0, -1e4).astype(np.float32)
+  identity = np.broadcast_to(identity, (2, heads, 1 + n, 1 + n))
+  d, e = attention.attention_stats(identity, dist)
+  np.testing.assert_allclose(d, 0.0, atol=1e-6)
+  np.testing.assert_allclose(e, 0.0, atol=1e-4)
+
+
+def test_distance_units_and_accumulator():
+  assert attention.pixels_per_patch(16, 196, "patch") == 16.0
+  assert attention.pixels_per_patch(16, 196, "sqrt_tokens") == 14.0
+  assert attention.pixels_per_patch(16, 196, "grid") == 1.0
+  with pytest.raises(ValueError):
+    attention.pixels_per_patch(16, 196, "inches")
+  acc = attention.AttentionAccumulator()
+  acc.update(np.ones((2, 3, 4)), np.full((2, 3, 4), 2.0), valid=np.array([1, 1, 0], bool))
+  acc.update(np.full((2, 1, 4), 4.0), np.zeros((2, 1, 4)))
+  out = acc.result()
+  np.testing.assert_allclose(out["distance"], 2.0)
+  np.testing.assert_allclose(out["entropy"], 4.0 / 3.0)
+  assert out["num_images"] == 3
+
+
+def test_cls_attention_map_sums_with_cls_to_one():
+  logits = np.random.default_rng(0).normal(size=(2, 3, 5, 5)).astype(np.float32)
+  m = np.asarray(attention.attention_map(logits, "cls"))
+  assert m.shape == (2, 3, 4) and np.all(m.sum(-1) < 1.0)
+  np.testing.assert_allclose(np.asarray(attention.attention_map(logits, 2)).sum(-1), 1.0, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------- representations
+
+
+def random_params(model, *args, seed=0):
+  """Random weights of the right shapes via eval_shape (eager flax init is slow on busy CPUs)."""
+  shapes = jax.eval_shape(model.init, jax.random.key(0), *args)["params"]
+  leaves, tree = jax.tree.flatten_with_path(shapes)
+  rng = np.random.default_rng(seed)
+  values = [np.ones(s.shape, np.float32) if path[-1].key == "scale" else
+            (0.2 * rng.normal(size=s.shape)).astype(np.float32) for path, s in leaves]
+  return jax.tree.unflatten(tree, values)
+
+
+def tiny_vit(depth=2):
+  return create_model("vit_tiny_patch16", image_size=32, patch_size=4, depth=depth, embed_dim=32,
+                      num_heads=4)
+
+
+def test_representations_are_norm1_inputs_and_final_norm():
+  import flax.linen as nn
+  model = tiny_vit()
+  x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  params = random_params(model, x)
+  out = representations.forward(model, params, x)
+  assert len(out["reps"]) == 3 and out["reps"][0].shape == (2, 64, 32)
+  assert out["logits"][1].shape == (2, 4, 65, 65)
+  final, aux = model.apply({"params": params}, x, return_tokens=(0,))
+  ln = nn.LayerNorm(epsilon=1e-6).apply({"params": params["blocks_1"]["norm1"]}, aux["tokens"][0])
+  np.testing.assert_allclose(out["reps"][1], ln[:, 1:], atol=1e-5)
+  np.testing.assert_allclose(out["reps"][2], final[:, 1:], atol=1e-5)
+  assert representations.layer_labels(2) == ["b0", "b1", "out"]
+
+
+# ------------------------------------------------------------------------------------- script
+
+
+@functools.cache
+def _load_script():
+  """scripts/analyze.py as a module (once: it defines absl flags)."""
+  spec = importlib.util.spec_from_file_location("analyze_script",
+                                                os.path.join(ROOT, "scripts", "analyze.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _save_checkpoint(path, name, seed):
+  from maelite_jax.train.checkpoint import save_params
+  kw = dict(image_size=32, patch_size=4, depth=2, embed_dim=32, num_heads=4)
+  if name.startswith("mae_"):
+    kw.update(decoder_embed_dim=16, decoder_num_heads=2)
+  model = create_model(name, **kw)
+  x = np.zeros((1, 32, 32, 3), np.float32)
+  args = (x, np.zeros((1, 64), np.float32)) if name.startswith("mae_") else (x,)
+  params = random_params(model, *args, seed=seed)
+  meta = {"model": {"name": name, "kwargs": model_kwargs(name, **kw)}}
+  save_params(str(path), params, meta)
+
+
+def test_parse_models():
+  analyze = _load_script()
+  assert analyze.parse_models("a=/r/x, /runs/mae_cpu/checkpoints/400") == [
+      ("a", "/r/x"), ("mae_cpu", "/runs/mae_cpu/checkpoints/400")]
+  with pytest.raises(ValueError):
+    analyze.parse_models("/r/x,/s/x")
+  with pytest.raises(ValueError):
+    analyze.parse_models("")
+
+
+def test_script_writes_figures_and_json(tmp_path):
+  from configs import analyze as analyze_config
+  analyze = _load_script()
+  _save_checkpoint(tmp_path / "mae", "mae_vit_tiny_patch16", 0)
+  _save_checkpoint(tmp_path / "vit", "vit_tiny_patch16", 1)
+  rng = np.random.default_rng(0)
+  for split in ("train", "test"):
+    for cls in ("a", "b"):
+      (tmp_path / "images" / split / cls).mkdir(parents=True)
+      for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+            tmp_path / "images" / split / cls / f"{i}.png")
+  config = analyze_config.get_config("tiny")
+  config.models = f"mae={tmp_path / 'mae'},{tmp_path / 'vit'}"
+  config.data.dataset = "imagefolder"
+  config.data.data_dir = str(tmp_path / "images")
+  config.num_images = 10  # one full batch of 8 and a partial one
+  out = tmp_path / "out"
+  result = analyze.run(config, str(out))
+
+  assert result["num_images"] == 10
+  with open(out / "analysis.json") as f:
+    saved = json.load(f)
+  pairs = {(p["a"], p["b"]): np.asarray(p["matrix"]) for p in saved["cka"]["pairs"]}
+  assert set(pairs) == {("mae", "mae"), ("mae", "vit"), ("vit", "vit")}
+  np.testing.assert_allclose(np.diag(pairs[("mae", "mae")]), 1.0, atol=1e-5)
+  assert pairs[("mae", "vit")].shape == (3, 3)
+  assert np.asarray(saved["attention"]["vit"]["distance"]).shape == (2, 4)
+  sizes = {
+      "cka_mae_vs_mae.png": plots.cka_size(), "cka_mae_vs_vit.png": plots.cka_size(),
+      "cka_vit_vs_vit.png": plots.cka_size(),
+      "attention_distance.png": plots.head_stats_size(2), "attention_entropy.png":
+      plots.head_stats_size(2), "attn_maps_mae_block0.png": plots.attention_maps_size(2, 2),
+      "attn_maps_vit_block1.png": plots.attention_maps_size(2, 2), "recon_mae.png": None}
+  assert set(sizes) <= set(saved["figures"]) and "recon_vit.png" not in saved["figures"]
+  for name, size in sizes.items():
+    with Image.open(out / name) as im:
+      im.verify()
+    with Image.open(out / name) as im:
+      assert im.format == "PNG"
+      if size is not None:
+        assert im.size == size, name
+  assert plots.cka_size() == (550, 500)
