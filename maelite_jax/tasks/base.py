@@ -23,9 +23,37 @@ class Task:
     """Random arrays with a leading batch axis, added to the batch before micro-batching."""
     return {}
 
-  def loss(self, params, extra, batch, rng, step) -> tuple[Any, tuple[dict, dict]]:
-    """Returns (loss, (metrics, new_extra)). Pure; differentiated w.r.t. params."""
+  def loss(self, params, extra, batch, rng, step, frozen=None) -> tuple[Any, tuple[dict, dict]]:
+    """Returns (loss, (metrics, new_extra)). Pure; differentiated w.r.t. params only.
+
+    `frozen` is the pytree from `frozen()` (e.g. teacher params), passed into the jitted step
+    as an argument, sharded like params, never updated or checkpointed.
+    """
     raise NotImplementedError
+
+  def frozen(self) -> Any:
+    """Arrays the loss reads but never trains or saves (a distillation teacher); default none."""
+    return None
+
+  def lr_multipliers(self, params) -> Any:
+    """A tree of per-param lr factors (e.g. layer-wise lr decay), or None for all 1."""
+    return None
+
+  def adapt_pretrained(self, target: Any, loaded: Any, meta: dict) -> Any:
+    """Maps params loaded via config.init onto this task's params (numpy trees).
+
+    Default: an encoder-only checkpoint goes into the model's `encoder`, an MAE checkpoint's
+    `encoder` into a plain ViT; everything else must match exactly (checked by the loop).
+    """
+    if "encoder" in target and "encoder" not in loaded:
+      return dict(target, encoder=loaded)
+    if "encoder" in loaded and "encoder" not in target:
+      return loaded["encoder"]
+    return loaded
+
+  def evaluate(self, trainer, state, step) -> dict | None:
+    """Periodic evaluation (every config.eval_every steps and at the end); returns scalars."""
+    return None
 
   def after_update(self, params, extra, step) -> dict:
     """Updates `extra` after the optimizer step (e.g. an EMA); default keeps it."""

@@ -34,7 +34,7 @@ class MAETask(Task):
     b = batch["image"].shape[0]
     return {"noise": mae_obj.masking_noise(rng, b, self.model.num_patches)}
 
-  def loss(self, params, extra, batch, rng, step):
+  def loss(self, params, extra, batch, rng, step, frozen=None):
     loss, _ = mae_obj.mae_forward_loss(
         self.model, params, batch["image"], batch["noise"], norm_pix_loss=self.norm_pix_loss,
         train=True, rngs={"droppath": rng})

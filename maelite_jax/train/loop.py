@@ -75,7 +75,8 @@ class Trainer:
   def _build_state(self):
     params_shape, _ = jax.eval_shape(lambda r: self.task.init(r, self._example_batch()),
                                      jax.random.key(0))
-    self.optimizer = optim.build_optimizer(self.config.optim, self.schedule, params_shape)
+    self.optimizer = optim.build_optimizer(self.config.optim, self.schedule, params_shape,
+                                           self.task.lr_multipliers(params_shape))
 
     def init_state(rng):
       params, extra = self.task.init(rng, self._example_batch())
@@ -91,9 +92,13 @@ class Trainer:
     step_fn = make_train_step(self.task, self.optimizer, self.mesh, accum_steps=self.accum,
                               base_rng_seed=self.config.seed)
     batch_sh = mesh_lib.batch_sharding(self.mesh)
-    self.train_step = jax.jit(step_fn, in_shardings=(self.state_shardings, batch_sh),
-                              out_shardings=(self.state_shardings, mesh_lib.replicated(self.mesh)),
-                              donate_argnums=0)
+    # Frozen arrays (e.g. a distillation teacher) are arguments, never part of the saved state.
+    frozen = self.task.frozen()
+    self.frozen_shardings = mesh_lib.state_shardings(frozen, self.mesh, self.config.fsdp_regex)
+    self.frozen = jax.device_put(frozen, self.frozen_shardings)
+    self.train_step = jax.jit(
+        step_fn, in_shardings=(self.state_shardings, batch_sh, self.frozen_shardings),
+        out_shardings=(self.state_shardings, mesh_lib.replicated(self.mesh)), donate_argnums=0)
 
   def meta(self) -> dict:
     return {"model": self.task.model_meta, "objective": self.config.objective,
@@ -114,10 +119,8 @@ class Trainer:
 
   def _load_init(self, state):
     loaded, meta = ckpt_lib.load_params(self.config.init)
-    target = state.params
-    if "encoder" in target and "encoder" not in loaded:
-      loaded = dict(jax.tree.map(np.asarray, target), encoder=loaded)  # encoder-only weights
-      logging.info("config.init: loading an encoder into the model's encoder, rest fresh")
+    target = jax.tree.map(np.asarray, jax.device_get(state.params))
+    loaded = self.task.adapt_pretrained(target, loaded, meta)
     want = jax.tree.map(lambda x: (x.shape, str(x.dtype)), target)
     got = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), loaded)
     if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
@@ -163,7 +166,7 @@ class Trainer:
       manager.wait_until_finished()
       manager.close()
     if step == self.total_steps:
-      self._visualize(state, vis_batch, step)
+      last.update(self._evaluate(state, vis_batch, step, logger))
     logger.close()
     self.state = state
     return last
@@ -178,7 +181,7 @@ class Trainer:
       if step == stop_at:
         stop.requested = True
       batch = next(train_iter)
-      state, metrics = self.train_step(state, batch)
+      state, metrics = self.train_step(state, batch, self.frozen)
       if step == start + 1:
         jax.block_until_ready(metrics)
         logging.info("first step (compile + run) took %.1f s", time.perf_counter() - t_compile)
@@ -192,7 +195,7 @@ class Trainer:
       if step % cfg.checkpoint_every == 0 or step == self.total_steps or stop.requested:
         ckpt_lib.save(manager, step, self._as_dict(state), self.meta(), force=True)
       if cfg.eval_every and step % cfg.eval_every == 0 and step != self.total_steps:
-        self._visualize(state, vis_batch, step)
+        self._evaluate(state, vis_batch, step, logger)
       if stop.requested:
         logging.warning("stop requested by signal: checkpoint saved at step %d; rerun the same "
                         "command to resume", step)
@@ -208,6 +211,15 @@ class Trainer:
         global_batch_size=_round_up(n, self.mesh.size), mesh=self.mesh)
     batch = next(iter(it))
     return {"image": jax.device_get(batch["image"])[:n]}
+
+  def _evaluate(self, state, vis_batch, step, logger) -> dict:
+    """The task's evaluation (e.g. k-NN accuracy, top-1) and figures; returns its scalars."""
+    scalars = self.task.evaluate(self, state, step) or {}
+    if scalars:
+      logger.write(step, scalars, progress=False)
+      logging.info("eval at step %d: %s", step, {k: round(float(v), 5) for k, v in scalars.items()})
+    self._visualize(state, vis_batch, step)
+    return scalars
 
   def _visualize(self, state, vis_batch, step):
     if vis_batch is None or jax.process_index() != 0:

@@ -36,8 +36,22 @@ def weight_decay_mask(params, no_decay_regex: str = ""):
   return jax.tree_util.tree_map_with_path(decay, params)
 
 
-def build_optimizer(optim_cfg, schedule, params_for_mask):
-  """AdamW (or SGD) with the config's decay mask and optional global-norm clipping."""
+def scale_by_tree(multipliers) -> optax.GradientTransformation:
+  """Multiplies each update by its factor: lr * m for both the Adam step and decoupled wd,
+  which is exactly what a per-param-group `lr_scale` does in timm/MAE (layer-wise lr decay)."""
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, m: u * m, updates, multipliers), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def build_optimizer(optim_cfg, schedule, params_for_mask, lr_multipliers=None):
+  """AdamW (or SGD) with the config's decay mask, optional clipping and lr multipliers."""
   mask = weight_decay_mask(params_for_mask, optim_cfg.no_decay_regex)
   if optim_cfg.name == "adamw":
     opt = optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
@@ -47,6 +61,8 @@ def build_optimizer(optim_cfg, schedule, params_for_mask):
                       optax.sgd(schedule, momentum=optim_cfg.b1, nesterov=True))
   else:
     raise ValueError(f"config.optim.name={optim_cfg.name!r} is unknown; use 'adamw' or 'sgd'")
+  if lr_multipliers is not None:
+    opt = optax.chain(opt, scale_by_tree(lr_multipliers))
   if optim_cfg.grad_clip and optim_cfg.grad_clip > 0:
     opt = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip), opt)
   return opt

@@ -31,12 +31,12 @@ def _split_micro(x, k: int, mesh):
 def make_train_step(task, optimizer, mesh, *, accum_steps: int = 1, base_rng_seed: int = 0):
   """Returns step(state, batch) -> (state, metrics); rng = fold_in(key(seed), step)."""
 
-  def loss_and_grad(params, extra, batch, rng, step):
-    (loss, (metrics, extra)), grads = jax.value_and_grad(task.loss, has_aux=True)(
-        params, extra, batch, rng, step)
-    return grads, metrics, extra
+  def step_fn(state: TrainState, batch, frozen=None):
+    def loss_and_grad(params, extra, batch, rng, step):
+      (_, (metrics, extra)), grads = jax.value_and_grad(task.loss, has_aux=True)(
+          params, extra, batch, rng, step, frozen)
+      return grads, metrics, extra
 
-  def step_fn(state: TrainState, batch):
     rng = jax.random.fold_in(jax.random.key(base_rng_seed), state.step)
     rng_example, rng_loss = jax.random.split(rng)
     batch = dict(batch, **task.per_example_random(rng_example, batch))
