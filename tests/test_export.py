@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
-from torch_stubs import install_torchvision_stub  # noqa: E402
+
+from maelite_jax.export.torchvision_stub import install_torchvision_stub  # noqa: E402
 
 install_torchvision_stub()
 import timm  # noqa: E402
 from timm.layers import resample_abs_pos_embed  # noqa: E402
-from timm.models.vision_transformer import Block as TimmBlock  # noqa: E402
 
 from maelite_jax import export  # noqa: E402
+from maelite_jax.export.torch_mae import TorchMAE  # noqa: E402
 from maelite_jax.models.posemb import sincos_2d  # noqa: E402
 from maelite_jax.models.registry import create_model  # noqa: E402
 from maelite_jax.objectives.mae import mae_loss, patchify  # noqa: E402
@@ -133,66 +133,6 @@ def test_mae_checkpoint_exports_its_encoder_to_timm():
 
 
 # ----------------------------------------------------------------------------------------- MAE
-
-class TorchMAE(torch.nn.Module):
-  """The reference MAE forward written from its formulas, with timm blocks, for parity only."""
-
-  def __init__(self, img_size, patch_size, embed_dim, depth, num_heads, decoder_embed_dim,
-               decoder_depth, decoder_num_heads, mlp_ratio=4.0, in_chans=3):
-    super().__init__()
-    nn = torch.nn
-    norm = functools.partial(nn.LayerNorm, eps=1e-6)
-    num_patches = (img_size // patch_size)**2
-    self.patch_size = patch_size
-    self.patch_embed = nn.Module()
-    self.patch_embed.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size)
-    self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-    self.register_buffer("pos_embed", torch.zeros(1, num_patches + 1, embed_dim))
-    self.blocks = nn.ModuleList(TimmBlock(embed_dim, num_heads, mlp_ratio, qkv_bias=True,
-                                          norm_layer=norm) for _ in range(depth))
-    self.norm = norm(embed_dim)
-    self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
-    self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-    self.register_buffer("decoder_pos_embed", torch.zeros(1, num_patches + 1, decoder_embed_dim))
-    self.decoder_blocks = nn.ModuleList(
-        TimmBlock(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm)
-        for _ in range(decoder_depth))
-    self.decoder_norm = norm(decoder_embed_dim)
-    self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
-
-  def patchify(self, imgs):  # (B, C, H, W) -> (B, N, p*p*C) in (h, w, p, q, c) order
-    b, c, height, width = imgs.shape
-    p = self.patch_size
-    x = imgs.reshape(b, c, height // p, p, width // p, p)
-    return torch.einsum("bchpwq->bhwpqc", x).reshape(b, (height // p) * (width // p), p * p * c)
-
-  def forward(self, imgs, noise, mask_ratio=0.75):
-    x = self.patch_embed.proj(imgs).flatten(2).transpose(1, 2) + self.pos_embed[:, 1:]
-    b, n, d = x.shape
-    keep = int(n * (1 - mask_ratio))
-    ids_shuffle = torch.argsort(noise, dim=1)
-    ids_restore = torch.argsort(ids_shuffle, dim=1)
-    x = torch.gather(x, 1, ids_shuffle[:, :keep, None].expand(-1, -1, d))
-    mask = torch.ones(b, n)
-    mask[:, :keep] = 0
-    mask = torch.gather(mask, 1, ids_restore)
-    cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
-    x = torch.cat([cls, x], dim=1)
-    for blk in self.blocks:
-      x = blk(x)
-    x = self.decoder_embed(self.norm(x))
-    tokens = torch.cat([x[:, 1:], self.mask_token.expand(b, n - keep, -1)], dim=1)
-    tokens = torch.gather(tokens, 1, ids_restore[:, :, None].expand(-1, -1, x.shape[-1]))
-    x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
-    for blk in self.decoder_blocks:
-      x = blk(x)
-    pred = self.decoder_pred(self.decoder_norm(x))[:, 1:]
-    target = self.patchify(imgs)
-    mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)  # unbiased
-    target = (target - mean) / (var + 1e-6)**0.5
-    loss = ((pred - target)**2).mean(-1)
-    return (loss * mask).sum() / mask.sum(), pred, mask
-
 
 MAE_CASES = {"tiny224": {}, "small": dict(SMALL, decoder_depth=2)}
 

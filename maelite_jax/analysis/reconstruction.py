@@ -80,6 +80,6 @@ def save_reconstruction_grid(path, *, images, pred, mask, patch_size, norm_pix_l
   fig.colorbar(im, ax=axes[:, 4].tolist(), shrink=0.6)
   masked_err = float(panels["error"].sum() / max(np.asarray(mask).sum(), 1))
   fig.suptitle(f"MAE reconstructions (mean hidden-patch error {masked_err:.3f})", fontsize=9)
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=100, bbox_inches="tight")
   plt.close(fig)
   return path

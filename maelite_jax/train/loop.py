@@ -186,7 +186,8 @@ class Trainer:
         jax.block_until_ready(metrics)
         logging.info("first step (compile + run) took %.1f s", time.perf_counter() - t_compile)
         logger.start(step)
-      if step % cfg.log_every == 0 or step == self.total_steps or stop.requested:
+      if (step % cfg.log_every == 0 or step in (start + 1, self.total_steps)
+          or stop.requested):
         scalars = dict(jax.device_get(metrics), lr=self.schedule(step - 1))
         last = logger.write(step, scalars)
       if not np.isfinite(last.get("loss", 0.0)):

@@ -35,23 +35,25 @@ class MetricsLogger:
       eta = (self.total_steps - step) / max(rate, 1e-9)
       self._t0, self._s0 = now, step
       logging.info("step %d/%d  %s  %.1f img/s  ETA %s", step, self.total_steps,
-                   "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()
-                             if k not in ("images_per_s", "steps_per_s")),
-                   scalars["images_per_s"], _fmt_eta(eta))
+                   _fmt(scalars), scalars["images_per_s"], _fmt_eta(eta))
+    elif progress:
+      logging.info("step %d/%d  %s", step, self.total_steps, _fmt(scalars))
     self.writer.write_scalars(step, scalars)
     if self.jsonl:
       self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
       self.jsonl.flush()
     return scalars
 
-  def write_hparams(self, hparams: dict):
-    self.writer.write_hparams(hparams)
-
   def close(self):
     self.writer.flush()
     self.writer.close()
     if self.jsonl:
       self.jsonl.close()
+
+
+def _fmt(scalars: dict) -> str:
+  return "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()
+                   if k not in ("images_per_s", "steps_per_s"))
 
 
 def _fmt_eta(seconds: float) -> str:

@@ -1,0 +1,159 @@
+"""Speed measurements: the jitted training step, the input pipeline, and a PyTorch baseline.
+
+The step is measured exactly as training runs it (the loop's task, optimizer and
+`make_train_step`, jitted with shardings and donation) on synthetic device data, so the input
+pipeline is measured separately and the slower of the two is visible. FLOPs come from XLA's
+cost analysis of the compiled step; MFU = FLOPs / step time / the chip's peak.
+"""
+
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from maelite_jax.train import mesh as mesh_lib
+from maelite_jax.train import optim
+from maelite_jax.train.step import TrainState, make_train_step
+
+# Dense peak FLOP/s per chip (bf16; fp32 matmuls on GPU run as TF32 by default in XLA).
+PEAK_FLOPS = {"H100": {"bfloat16": 989e12, "float32": 494.7e12},
+              "H200": {"bfloat16": 989e12, "float32": 494.7e12},
+              "A100": {"bfloat16": 312e12, "float32": 156e12}}
+
+
+def peak_flops(device_kind: str, dtype: str) -> float | None:
+  for name, table in PEAK_FLOPS.items():
+    if name in device_kind:
+      return table[dtype]
+  return None
+
+
+def peak_memory_bytes() -> int:
+  """Device peak for accelerators; the process's max RSS on CPU."""
+  dev = jax.devices()[0]
+  if dev.platform != "cpu":
+    stats = dev.memory_stats() or {}
+    return int(stats.get("peak_bytes_in_use", 0))
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _flops(compiled) -> float | None:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float(cost.get("flops", 0.0)) or None if cost else None
+
+
+def time_calls(fn, steps: int, warmup: int) -> list[float]:
+  """Per-call wall times after warm-up; fn must block until its result is ready."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def bench_jax_step(config, *, steps: int = 10, warmup: int = 3) -> dict:
+  """Compile time, median step time, images/s, FLOPs/MFU of the real training step."""
+  from maelite_jax import tasks as tasks_lib
+  mesh = mesh_lib.make_mesh()
+  task = tasks_lib.build_task(config)
+  b, s = config.batch_size, config.model.image_size
+  example = {"image": jnp.zeros((1, s, s, 3), jnp.float32)}
+  schedule = optim.lr_schedule(config.optim, b, 1000, 10)
+  params_shape, _ = jax.eval_shape(lambda r: task.init(r, example), jax.random.key(0))
+  tx = optim.build_optimizer(config.optim, schedule, params_shape,
+                             task.lr_multipliers(params_shape))
+
+  def init_state(rng):
+    params, extra = task.init(rng, example)
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), extra)
+
+  abstract = jax.eval_shape(init_state, jax.random.key(0))
+  shardings = mesh_lib.state_shardings(abstract, mesh, config.fsdp_regex)
+  state = jax.jit(init_state, out_shardings=shardings)(jax.random.key(0))
+  frozen = task.frozen()
+  frozen_sh = mesh_lib.state_shardings(frozen, mesh, config.fsdp_regex)
+  frozen = jax.device_put(frozen, frozen_sh)
+  batch_sh = mesh_lib.batch_sharding(mesh)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(b, s, s, 3)).astype(np.float32),
+           "label": rng.integers(0, 10, size=(b,)).astype(np.int32)}
+  if config.objective == "mocov3":
+    batch["image2"] = rng.normal(size=(b, s, s, 3)).astype(np.float32)
+  batch = jax.device_put(batch, batch_sh)
+  accum = max(1, b // config.micro_batch_size) if config.micro_batch_size else 1
+  step_fn = make_train_step(task, tx, mesh, accum_steps=accum, base_rng_seed=0)
+  jitted = jax.jit(step_fn, in_shardings=(shardings, batch_sh, frozen_sh),
+                   out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+  t0 = time.perf_counter()
+  compiled = jitted.lower(state, batch, frozen).compile()
+  compile_s = time.perf_counter() - t0
+  holder = {"state": state}
+
+  def one_step():
+    holder["state"], metrics = compiled(holder["state"], batch, frozen)
+    jax.block_until_ready(metrics)
+
+  times = time_calls(one_step, steps, warmup)
+  median = statistics.median(times)
+  flops = _flops(compiled)
+  dev = jax.devices()[0]
+  peak = peak_flops(dev.device_kind, config.model.dtype) if dev.platform == "gpu" else None
+  return dict(step_time_s_median=median, images_per_s=b / median, compile_s=compile_s,
+              peak_mem_bytes=peak_memory_bytes(), flops_per_step=flops,
+              mfu=(flops / median / (peak * mesh.size)) if (flops and peak) else None,
+              device=f"{mesh.size}x {dev.device_kind}")
+
+
+def bench_torch_mae_step(model_kwargs: dict, *, batch: int, image_size: int, steps: int = 10,
+                         warmup: int = 3, dtype: str = "float32", optim_cfg=None) -> dict:
+  """The equivalent PyTorch step: MAE forward (timm blocks, SDPA), backward, AdamW."""
+  import torch
+  from maelite_jax.export.torch_mae import TorchMAE
+  dev = "cuda" if torch.cuda.is_available() else "cpu"
+  keys = ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
+          "decoder_num_heads", "mlp_ratio")
+  net = TorchMAE(img_size=image_size, **{k: model_kwargs[k] for k in keys if k in model_kwargs}).to(dev)
+  opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05,
+                          fused=dev == "cuda")
+  imgs = torch.randn(batch, 3, image_size, image_size, device=dev)
+  n = (image_size // model_kwargs["patch_size"])**2
+  amp = dtype == "bfloat16"
+
+  def one_step():
+    noise = torch.rand(batch, n, device=dev)
+    with torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
+      loss, _, _ = net(imgs, noise)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if dev == "cuda":
+      torch.cuda.synchronize()
+    else:
+      loss.item()
+
+  times = time_calls(one_step, steps, warmup)
+  median = statistics.median(times)
+  return dict(torch_step_time_s_median=median, torch_images_per_s=batch / median,
+              torch_device=dev, torch_version=torch.__version__)
+
+
+def bench_pipeline(config, *, batches: int = 20) -> dict:
+  """Images/s of the tf.data pipeline (decode + augment + transfer) alone."""
+  from maelite_jax import data as data_lib
+  mesh = mesh_lib.make_mesh()
+  it = data_lib.build_train_iterator(config.data, image_size=config.model.image_size,
+                                     global_batch_size=config.batch_size, mesh=mesh, seed=0)
+  jax.block_until_ready(next(it))  # builds, fills the shuffle buffer
+  t0 = time.perf_counter()
+  for _ in range(batches):
+    jax.block_until_ready(next(it))
+  dt = time.perf_counter() - t0
+  return dict(pipeline_images_per_s=batches * config.batch_size / dt)

@@ -1,0 +1,95 @@
+"""Benchmark the training step (and input pipeline) against an equivalent PyTorch step.
+
+  python scripts/benchmark.py --objective mae --batch 32 --image-size 224 --patch-size 16 \
+      --steps 10 --compare-torch --json bench.json [--dtype bfloat16] [--attention cudnn]
+
+One JSON record per measurement: objective, image_size, batch, step_time_s_median,
+images_per_s, compile_s, peak_mem_bytes (+ torch_images_per_s, mfu on GPU, pipeline_images_per_s).
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+
+_OBJECTIVE = flags.DEFINE_enum("objective", "mae", ["mae", "mocov3", "dmae"], "which step")
+_BATCH = flags.DEFINE_list("batch", ["32"], "global batch size(s)")
+_IMAGE = flags.DEFINE_list("image_size", ["224"], "image size(s)")
+_PATCH = flags.DEFINE_integer("patch_size", 16, "patch size")
+_STEPS = flags.DEFINE_integer("steps", 10, "timed steps (median reported)")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "untimed steps after compilation")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
+_ATTN = flags.DEFINE_enum("attention", "einsum", ["einsum", "xla", "cudnn"], "attention kernel")
+_FSDP = flags.DEFINE_string("fsdp_regex", "", "FSDP rule (config.fsdp_regex)")
+_MICRO = flags.DEFINE_integer("micro_batch_size", 0, "gradient accumulation micro-batch")
+_TORCH = flags.DEFINE_bool("compare_torch", False, "also time the PyTorch step (MAE)")
+_PIPELINE = flags.DEFINE_bool("pipeline", False, "also time the tf.data input pipeline")
+_JSON = flags.DEFINE_string("json", None, "write the records to this file")
+_CONFIG = flags.DEFINE_string("config", None, "config file (default configs/<objective>_tiny.py)")
+
+
+def make_config(objective, batch, image_size):
+  import importlib.util
+  path = _CONFIG.value or os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "configs", f"{objective}_tiny.py")
+  spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("cpu" if objective == "dmae" else None)
+  with config.unlocked():
+    config.batch_size = batch
+    config.micro_batch_size = _MICRO.value
+    config.model.image_size = image_size
+    config.model.patch_size = _PATCH.value
+    config.model.dtype = _DTYPE.value
+    config.model.attention_impl = _ATTN.value
+    config.fsdp_regex = _FSDP.value
+  return config
+
+
+def main(argv):
+  del argv
+  import jax
+  from maelite_jax import benchmark
+  records = []
+  for image_size in map(int, _IMAGE.value):
+    for batch in map(int, _BATCH.value):
+      config = make_config(_OBJECTIVE.value, batch, image_size)
+      rec = dict(objective=_OBJECTIVE.value, image_size=image_size, batch=batch,
+                 patch_size=_PATCH.value, dtype=_DTYPE.value, attention=_ATTN.value,
+                 jax_version=jax.__version__)
+      rec.update(benchmark.bench_jax_step(config, steps=_STEPS.value, warmup=_WARMUP.value))
+      if _TORCH.value and _OBJECTIVE.value == "mae":
+        from maelite_jax.models import model_kwargs
+        kw = model_kwargs(config.model.name, patch_size=_PATCH.value)
+        rec.update(benchmark.bench_torch_mae_step(
+            kw, batch=batch, image_size=image_size, steps=_STEPS.value, warmup=_WARMUP.value,
+            dtype=_DTYPE.value))
+        rec["jax_over_torch_speed"] = rec["images_per_s"] / rec["torch_images_per_s"]
+      if _PIPELINE.value:
+        rec.update(benchmark.bench_pipeline(config))
+      records.append(rec)
+      print(json.dumps(rec), flush=True)
+  _print_table(records)
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(records, f, indent=1)
+
+
+def _print_table(records):
+  cols = ["objective", "image_size", "batch", "dtype", "attention", "step_time_s_median",
+          "images_per_s", "compile_s", "mfu", "torch_images_per_s", "jax_over_torch_speed",
+          "pipeline_images_per_s"]
+  cols = [c for c in cols if any(r.get(c) is not None for r in records)]
+  fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+  print(" | ".join(cols))
+  for r in records:
+    print(" | ".join(fmt(r.get(c, "")) for c in cols))
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.WARNING)
+  app.run(main)
