@@ -47,6 +47,27 @@ def _flops(compiled) -> float | None:
   return float(cost.get("flops", 0.0)) or None if cost else None
 
 
+def vit_forward_flops(tokens: int, dim: int, depth: int, mlp_ratio: float = 4.0) -> float:
+  """Matmul FLOPs (2 per multiply-add) of `depth` pre-norm blocks on `tokens` tokens."""
+  dense = 2 * tokens * (4 * dim * dim + 2 * mlp_ratio * dim * dim)  # qkv + proj + fc1 + fc2
+  attention = 2 * 2 * tokens * tokens * dim  # q k^T and attn v
+  return depth * (dense + attention)
+
+
+def mae_train_flops(kw: dict, image_size: int, mask_ratio: float = 0.75) -> float:
+  """Model FLOPs of one MAE training example: 3 x forward (backward costs two forwards)."""
+  n = (image_size // kw["patch_size"])**2
+  keep = int(n * (1 - mask_ratio))
+  patch_dim = kw["patch_size"]**2 * 3
+  fwd = 2 * n * patch_dim * kw["embed_dim"]  # patch embedding of every patch
+  fwd += vit_forward_flops(1 + keep, kw["embed_dim"], kw["depth"], kw.get("mlp_ratio", 4.0))
+  fwd += 2 * (1 + keep) * kw["embed_dim"] * kw["decoder_embed_dim"]
+  fwd += vit_forward_flops(1 + n, kw["decoder_embed_dim"], kw["decoder_depth"],
+                           kw.get("mlp_ratio", 4.0))
+  fwd += 2 * (1 + n) * kw["decoder_embed_dim"] * patch_dim
+  return 3.0 * fwd
+
+
 def time_calls(fn, steps: int, warmup: int) -> list[float]:
   """Per-call wall times after warm-up; fn must block until its result is ready."""
   for _ in range(warmup):
@@ -103,11 +124,18 @@ def bench_jax_step(config, *, steps: int = 10, warmup: int = 3) -> dict:
 
   times = time_calls(one_step, steps, warmup)
   median = statistics.median(times)
-  flops = _flops(compiled)
+  xla_flops = _flops(compiled)
+  model_flops = None
+  if config.objective == "mae":
+    from maelite_jax.models import model_kwargs
+    kw = model_kwargs(config.model.name, patch_size=config.model.patch_size)
+    model_flops = b * mae_train_flops(kw, s, config.model.mask_ratio)
+  flops = model_flops or xla_flops
   dev = jax.devices()[0]
   peak = peak_flops(dev.device_kind, config.model.dtype) if dev.platform == "gpu" else None
   return dict(step_time_s_median=median, images_per_s=b / median, compile_s=compile_s,
-              peak_mem_bytes=peak_memory_bytes(), flops_per_step=flops,
+              peak_mem_bytes=peak_memory_bytes(), model_flops_per_step=model_flops,
+              xla_flops_per_step=xla_flops, achieved_tflops=flops / median / 1e12 if flops else None,
               mfu=(flops / median / (peak * mesh.size)) if (flops and peak) else None,
               device=f"{mesh.size}x {dev.device_kind}")
 
