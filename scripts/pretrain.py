@@ -44,5 +44,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from maelite_jax.utils import cli
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  cli.run(main)
