@@ -32,6 +32,16 @@ def data_config(dataset: str = "fashion_mnist_builtin", **overrides) -> ml_colle
       std=IMAGENET_STD,
       cache=False,
       prefetch=2,
+      check_images=True,    # imagefolder: open every file once (cached), skip unreadable ones
+      # Two augmented views (MoCo-v3); *_prob pairs are (view 1, view 2), 0 = op left out.
+      views=1,
+      interpolation="bicubic",
+      color_jitter=(0.4, 0.4, 0.2, 0.1),  # brightness, contrast, saturation, hue
+      color_jitter_prob=(0.0, 0.0),
+      grayscale_prob=(0.0, 0.0),
+      blur_prob=(0.0, 0.0),
+      blur_sigma=(0.1, 2.0),
+      solarize_prob=(0.0, 0.0),
   ))
   cfg.update(overrides)
   return cfg
@@ -55,7 +65,8 @@ def optim_config(**overrides) -> ml_collections.ConfigDict:
       b2=0.95,
       eps=1e-8,
       weight_decay=0.05,
-      no_decay_regex="",    # extra params to exclude from decay (1-D ones always are)
+      no_decay_regex="",    # extra params to exclude from decay (1-D ones too, unless decay_all)
+      decay_all=False,      # True: decay every param, 1-D ones included (MoCo-v3's AdamW)
       warmup_epochs=40.0,
       warmup_steps=-1,      # >= 0 overrides warmup_epochs
       warmup_init_lr=0.0,
@@ -83,6 +94,10 @@ def pretrain_skeleton() -> ml_collections.ConfigDict:
       eval_every=5000,        # figures (e.g. reconstructions) every N steps and at the end
       num_vis_images=8,
       distributed=False,      # jax.distributed.initialize (also via MAELITE_DISTRIBUTED=1)
+      # NaN/Inf loss or gradients (the update is always dropped): 'skip' counts it and goes on,
+      # 'rollback' restores the last checkpoint with lr x nonfinite_lr_factor, 'stop' raises.
+      nonfinite_policy="skip",
+      nonfinite_lr_factor=0.5,
       data=imagenet_data(),
       optim=optim_config(),
   ))

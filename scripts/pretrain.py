@@ -5,7 +5,12 @@
 
 Multi-host (TPU pods, multi-node GPU): pass --distributed or set MAELITE_DISTRIBUTED=1 (or
 config.distributed=True) and jax.distributed.initialize() picks up the cluster from the
-environment; every process runs the same command.
+environment; every process runs the same command. Without a cluster manager, pass
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I (or JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID).
+
+SIGTERM/SIGINT (e.g. preemption) finish the step, write a checkpoint and exit with status 0; a
+second signal aborts at once. Rerunning the same command resumes from the latest checkpoint.
 """
 
 import os
@@ -16,9 +21,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from maelite_jax.utils import distributed  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:variant]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and figures go")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize()")
+distributed.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -29,8 +36,7 @@ def main(argv):
   from maelite_jax.utils.logs import quiet_library_logs
   quiet_library_logs()
   config = _CONFIG.value
-  if _DISTRIBUTED.value or config.distributed or os.environ.get("MAELITE_DISTRIBUTED") == "1":
-    jax.distributed.initialize()
+  distributed.initialize_from_flags(config)
   from maelite_jax.train.loop import train_and_evaluate
   from maelite_jax.train.validate import ConfigError
   logging.info("JAX %s: %d process(es), %d device(s): %s", jax.__version__, jax.process_count(),

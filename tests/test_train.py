@@ -1,8 +1,5 @@
 """The generic loop on MAE: sharding invariance, exact resume, accumulation, config errors."""
 
-import json
-import os
-
 import jax
 import numpy as np
 import pytest
@@ -10,37 +7,16 @@ import pytest
 from configs import mae_tiny
 from maelite_jax.train.loop import Trainer, schedule_lengths
 from maelite_jax.train.validate import ConfigError
+from tests.helpers import leaves, override, read_losses
 
 
 def tiny_config(**overrides):
-  config = mae_tiny.get_config("tiny")
-  with config.unlocked():
-    config.total_steps = 4
-    config.optim.warmup_steps = 2
-    config.log_every = 1
-    config.checkpoint_every = 2
-    config.num_vis_images = 0
-    config.optim.base_lr = 5e-3
-    # Adam turns a gradient of pure rounding noise (~1e-10, e.g. of a bias whose exact gradient
-    # is 0) into a full +-lr step, so float reordering across devices would flip such updates.
-    # A larger eps keeps Adam's behaviour on real gradients and makes the comparisons meaningful.
-    config.optim.eps = 1e-6
-    for key, value in overrides.items():
-      node = config
-      *parents, leaf = key.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
-  return config
-
-
-def read_losses(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return {r["step"]: r["loss"] for r in map(json.loads, f)}
-
-
-def leaves(tree):
-  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+  # Adam turns a gradient of pure rounding noise (~1e-10, e.g. of a bias whose exact gradient
+  # is 0) into a full +-lr step, so float reordering across devices would flip such updates.
+  # A larger eps keeps Adam's behaviour on real gradients and makes the comparisons meaningful.
+  defaults = {"total_steps": 4, "optim.warmup_steps": 2, "log_every": 1, "checkpoint_every": 2,
+              "num_vis_images": 0, "optim.base_lr": 5e-3, "optim.eps": 1e-6}
+  return override(mae_tiny.get_config("tiny"), **{**defaults, **overrides})
 
 
 @pytest.fixture(scope="module")

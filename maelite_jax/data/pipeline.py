@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from jax.sharding import NamedSharding, PartitionSpec
 
+from maelite_jax.data import autoaugment
 from maelite_jax.data import sources
 from maelite_jax.data import transforms
 
@@ -46,7 +47,18 @@ DEFAULTS = {
     'std': IMAGENET_STD,
     'cache': False,
     'prefetch': 2,
+    # Two-view (contrastive) mode: views=2 yields 'image' and 'image2'. The *_prob pairs give
+    # each view's probability (view 1, view 2); with views=1 the first entry applies, and a 0
+    # leaves the op out entirely (the single-view MAE pipeline is unchanged by these keys).
+    'views': 1,
+    'color_jitter': (0.4, 0.4, 0.2, 0.1),  # brightness, contrast, saturation, hue
+    'color_jitter_prob': (0.0, 0.0),
+    'grayscale_prob': (0.0, 0.0),
+    'blur_prob': (0.0, 0.0),
+    'blur_sigma': (0.1, 2.0),  # pixels of the output image
+    'solarize_prob': (0.0, 0.0),
 }
+VIEW_PROB_KEYS = ('color_jitter_prob', 'grayscale_prob', 'blur_prob', 'solarize_prob')
 
 
 def _get(data_cfg, key):
@@ -88,11 +100,30 @@ def validate_data_config(data_cfg) -> None:
     if not isinstance(value, (int, np.integer)) or value < low:
       raise sources.config_error(key, f'expected an integer >= {low}, got {value!r}.',
                                  f'e.g. {DEFAULTS[key]!r}.')
+  _validate_views(data_cfg)
+  autoaugment.validate(data_cfg)
   crop_pct = _get(data_cfg, 'eval_crop_pct')
   if not 0 < crop_pct <= 1:
     raise sources.config_error('eval_crop_pct', f'{crop_pct!r} is not in (0, 1].',
                                'use 0.875 (resize 256, crop 224) or 1.0 (no crop).')
   sources.make_source(data_cfg).validate(_splits(data_cfg))
+
+
+def _validate_views(data_cfg) -> None:
+  views = _get(data_cfg, 'views')
+  if views not in (1, 2):
+    raise sources.config_error('views', f'{views!r} is not 1 or 2.',
+                               'use 1 (MAE) or 2 (two augmented views for MoCo-v3).')
+  for key in VIEW_PROB_KEYS:
+    value = tuple(_get(data_cfg, key))
+    if len(value) < views or not all(0 <= p <= 1 for p in value):
+      raise sources.config_error(key, f'{value!r} needs one probability in [0, 1] per view.',
+                                 f'e.g. {DEFAULTS[key]!r}.')
+  _check_pair(data_cfg, 'blur_sigma', 0.0, math.inf)
+  jitter = tuple(_get(data_cfg, 'color_jitter'))
+  if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+    raise sources.config_error('color_jitter', f'{jitter!r} is not 4 strengths >= 0 (hue <= '
+                               '0.5).', f'e.g. {DEFAULTS["color_jitter"]!r}.')
 
 
 def num_examples(data_cfg, split) -> int:
@@ -148,7 +179,9 @@ def _to_device(batches, data_cfg, mesh, data_axis, global_batch_size) -> Iterato
     out = {k: jax.make_array_from_process_local_data(sharding, v,
                                                      (global_batch_size,) + v.shape[1:])
            for k, v in batch.items()}
-    out['image'] = normalize(out['image'])
+    for key in out:
+      if key.startswith('image'):  # 'image', and 'image2' in two-view mode
+        out[key] = normalize(out[key])
     return out
 
   queue = collections.deque()
@@ -160,20 +193,51 @@ def _to_device(batches, data_cfg, mesh, data_axis, global_batch_size) -> Iterato
     yield queue.popleft()
 
 
-def _train_transform(data_cfg, image_size, base_seed):
-  """(index, decoded example) -> augmented uint8 example; its seed comes from the index."""
+def view_ops(data_cfg, image_size, view: int = 0) -> list:
+  """The random ops of one view, in MAE-Lite's ssl_transform order: crop, colour jitter, blur,
+  grayscale, flip, solarize. Ops whose probability is 0 are left out."""
+  prob = lambda key: float(tuple(_get(data_cfg, key))[view])
   ops = [('random_resized_crop', dict(size=image_size, scale=tuple(_get(data_cfg, 'crop_scale')),
                                       ratio=tuple(_get(data_cfg, 'crop_ratio')),
                                       interpolation=_get(data_cfg, 'interpolation')))]
+  if prob('color_jitter_prob') > 0:
+    b, c, s, h = (float(x) for x in _get(data_cfg, 'color_jitter'))
+    ops.append(('color_jitter', dict(brightness=b, contrast=c, saturation=s, hue=h,
+                                     prob=prob('color_jitter_prob'))))
+  if prob('blur_prob') > 0:
+    ops.append(('random_gaussian_blur', dict(sigma=tuple(_get(data_cfg, 'blur_sigma')),
+                                             prob=prob('blur_prob'))))
+  if prob('grayscale_prob') > 0:
+    ops.append(('random_grayscale', dict(prob=prob('grayscale_prob'))))
   if _get(data_cfg, 'hflip'):
     ops.append(('random_flip', {}))
+  if prob('solarize_prob') > 0:
+    ops.append(('random_solarize', dict(prob=prob('solarize_prob'))))
+  ops += autoaugment.train_ops(data_cfg)  # fine-tuning: RandAugment after the flip (timm)
+  return ops
+
+
+def _train_transform(data_cfg, image_size, base_seed):
+  """(index, decoded example) -> augmented uint8 example; its seed comes from the index. With
+  views=2 the views use seeds folded from it with 0 and 1 ('image', 'image2')."""
+  views = _get(data_cfg, 'views')
+  ops = [view_ops(data_cfg, image_size, v) for v in range(views)]
+
+  def augment(image, seed, view_ops_):
+    image = transforms.apply_random_ops(image, seed, view_ops_)
+    return tf.ensure_shape(transforms.to_uint8(image), [image_size, image_size, 3])
 
   def fn(index, example):
     seed = tf.random.experimental.stateless_fold_in(base_seed, index)
     image = transforms.to_float(transforms.to_rgb(example['image']))
-    image = transforms.apply_random_ops(image, seed, ops)
-    image = tf.ensure_shape(transforms.to_uint8(image), [image_size, image_size, 3])
-    return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
+    out = {'label': tf.cast(example['label'], tf.int32)}
+    if views == 1:
+      out['image'] = augment(image, seed, ops[0])
+    else:
+      for v in range(views):
+        view_seed = tf.random.experimental.stateless_fold_in(seed, v)
+        out['image' if v == 0 else f'image{v + 1}'] = augment(image, view_seed, ops[v])
+    return out
 
   return fn
 
@@ -182,7 +246,8 @@ def build_train_iterator(data_cfg, *, image_size: int, global_batch_size: int,
                          mesh: jax.sharding.Mesh, seed: int, start_step: int = 0,
                          data_axis='data') -> Iterator[dict]:
   """Endless training batches {'image': f32 (B, H, W, 3), 'label': i32 (B,)} as global arrays
-  sharded P(data_axis); batch k of a run started at `start_step` is step start_step + k."""
+  sharded P(data_axis) (plus 'image2' when data.views=2); batch k of a run started at
+  `start_step` is step start_step + k."""
   validate_data_config(data_cfg)
   source = sources.make_source(data_cfg)
   split = _get(data_cfg, 'train_split')

@@ -16,6 +16,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from maelite_jax.data import fashion_mnist_builtin
+from maelite_jax.data import image_check
 
 BUILTIN = 'fashion_mnist_builtin'
 IMAGEFOLDER = 'imagefolder'
@@ -145,10 +146,12 @@ class ImageFolderSource(Source):
 
   shuffles_fully = True
 
-  def __init__(self, root, splits):
+  def __init__(self, root, splits, check_images: bool = True):
     self.root = pathlib.Path(root) if root else None
     self.splits = dict(splits)  # config key -> split name, for messages and classes
+    self.check_images = check_images  # drop files TF cannot decode (see image_check)
     self._files = {}
+    self.reports = {}  # split -> counts of skipped / tiny / ignored files
 
   def _split_dir(self, split):
     return self.root / split
@@ -186,17 +189,25 @@ class ImageFolderSource(Source):
     return sorted(names)
 
   def files(self, split):
-    """(paths, labels) in a fixed order (sorted), listed once per split."""
+    """(paths, labels) of the usable images in a fixed order (sorted), listed once per split;
+    unreadable files are left out here, never inside tf.data (see image_check)."""
     if split not in self._files:
       index = {name: i for i, name in enumerate(self.classes)}
-      paths, labels = [], []
+      paths, labels, ignored = [], [], 0
       for class_dir in self._class_dirs(split):
         found = []
         for dirpath, _, names in os.walk(class_dir):
           found += [os.path.join(dirpath, n) for n in names if _is_image(n)]
+          ignored += sum(1 for n in names if not _is_image(n) and not n.startswith('.'))
         paths += sorted(found)
         labels += [index[class_dir.name]] * len(found)
-      self._files[split] = (np.array(paths, dtype=object), np.array(labels, np.int32))
+      paths, labels = np.array(paths, dtype=object), np.array(labels, np.int32)
+      if self.check_images:
+        keep, self.reports[split] = image_check.usable_files(
+            str(self._split_dir(split)), list(paths), ignored, label=split)
+        keep = np.array(keep, bool)
+        paths, labels = paths[keep], labels[keep]
+      self._files[split] = (paths, labels)
     return self._files[split]
 
   def num_examples(self, split):
@@ -238,6 +249,7 @@ def make_source(data_cfg) -> Source:
   if name.lower() == IMAGEFOLDER:
     splits = {'train_split': data_cfg.get('train_split', 'train'),
               'eval_split': data_cfg.get('eval_split', 'test')}
-    return ImageFolderSource(data_cfg.get('data_dir'), splits)
+    return ImageFolderSource(data_cfg.get('data_dir'), splits,
+                             check_images=data_cfg.get('check_images', True))
   return TfdsSource(name, data_cfg.get('data_dir'), data_cfg.get('image_key', 'image'),
                     data_cfg.get('label_key', 'label'))

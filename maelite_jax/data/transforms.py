@@ -150,10 +150,129 @@ def to_uint8(image):
   return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0), tf.uint8)
 
 
+# ---------------------------------------------------------------- photometric ops (MoCo-v3/BYOL)
+# Deterministic `adjust_*` ops take their factors; the random ones draw them from the seed and
+# act with probability `prob`, so `prob=0` is exactly the identity.
+
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2: PIL's convert('L') and torchvision's
+
+
+def rgb_to_gray(image):
+  """(H, W, 3) -> (H, W, 1) luma with PIL's weights (tf's differ in the 4th digit)."""
+  return tf.reduce_sum(image * tf.constant(GRAY_WEIGHTS, image.dtype), axis=-1, keepdims=True)
+
+
+def _blend(image, other, factor):
+  """torchvision's blend: factor * image + (1 - factor) * other, clipped to [0, 1]."""
+  return tf.clip_by_value(factor * image + (1.0 - factor) * other, 0.0, 1.0)
+
+
+def adjust_brightness(image, factor):
+  """Multiplies by `factor` (torchvision's brightness, not tf's additive delta)."""
+  return _blend(image, tf.zeros_like(image), factor)
+
+
+def adjust_contrast(image, factor):
+  """Blends with the mean gray level of the whole image (tf's uses per-channel means)."""
+  return _blend(image, tf.reduce_mean(rgb_to_gray(image)), factor)
+
+
+def adjust_saturation(image, factor):
+  """Blends with the grayscale image (tf's works in HSV space instead)."""
+  return _blend(image, rgb_to_gray(image), factor)
+
+
+def adjust_hue(image, delta):
+  """Rotates hue by `delta` in [-0.5, 0.5] turns (HSV round trip, as torchvision's)."""
+  return tf.clip_by_value(tf.image.adjust_hue(image, delta), 0.0, 1.0)
+
+
+def _coin(seed, prob):
+  return tf.random.stateless_uniform([], seed) < prob
+
+
+def color_jitter(image, seed, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, prob=0.8):
+  """RandomApply([ColorJitter(b, c, s, h)], p=prob): factors uniform in [max(0, 1 - x), 1 + x]
+  (hue: [-h, h]) and the non-zero ones applied in a random order, as torchvision does."""
+  s_coin, s_factors, s_order = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+  u = tf.random.stateless_uniform([4], s_factors)
+  strengths = (brightness, contrast, saturation)
+  factors = [max(0.0, 1.0 - x) + u[i] * (1.0 + x - max(0.0, 1.0 - x))
+             for i, x in enumerate(strengths)] + [hue * (2.0 * u[3] - 1.0)]
+  fns = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+  active = [i for i, x in enumerate(strengths + (hue,)) if x > 0]
+  if not active or prob <= 0:
+    return image
+  order = tf.argsort(tf.random.stateless_uniform([len(active)], s_order))
+
+  def jitter():
+    out = image
+    for pos in range(len(active)):
+      branches = [lambda x=out, i=i: fns[i](x, factors[i]) for i in active]
+      out = tf.switch_case(order[pos], branches)
+    return out
+
+  return tf.cond(_coin(s_coin, prob), jitter, lambda: image)
+
+
+def random_grayscale(image, seed, prob=0.2):
+  """RandomGrayscale: luma copied to all 3 channels with probability `prob`."""
+  if prob <= 0:
+    return image
+  gray = lambda: tf.tile(rgb_to_gray(image), [1, 1, 3])
+  return tf.cond(_coin(seed, prob), gray, lambda: image)
+
+
+def gaussian_blur(image, sigma, radius: int):
+  """Separable Gaussian blur with a (2 radius + 1) kernel, reflect padding (torchvision's)."""
+  radius = int(radius)
+  shape = image.shape
+  if shape[0] is not None and shape[1] is not None:
+    radius = min(radius, shape[0] - 1, shape[1] - 1)  # reflect padding needs pad < size
+  if radius < 1:
+    return image
+  x = tf.range(-radius, radius + 1, dtype=tf.float32)
+  kernel = tf.exp(-0.5 * tf.square(x / sigma))
+  kernel /= tf.reduce_sum(kernel)
+  # Channels become the batch of a 1-channel conv: works whatever C is (even if unknown).
+  out = tf.transpose(image, [2, 0, 1])[..., None]
+  out = tf.pad(out, [[0, 0], [radius, radius], [radius, radius], [0, 0]], 'REFLECT')
+  out = tf.nn.conv2d(out, tf.reshape(kernel, [-1, 1, 1, 1]), 1, 'VALID')
+  out = tf.nn.conv2d(out, tf.reshape(kernel, [1, -1, 1, 1]), 1, 'VALID')
+  return tf.clip_by_value(tf.transpose(out[..., 0], [1, 2, 0]), 0.0, 1.0)
+
+
+def random_gaussian_blur(image, seed, sigma=(0.1, 2.0), prob=1.0):
+  """SimCLR/MoCo-v3 blur: sigma ~ U(sigma) in pixels with probability `prob`; the kernel covers
+  +-3 sigma_max (PIL's radius=sigma is the same Gaussian, approximated by box blurs)."""
+  if prob <= 0:
+    return image
+  s_coin, s_sigma = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  value = tf.random.stateless_uniform([], s_sigma, sigma[0], sigma[1])
+  radius = math.ceil(3 * sigma[1])
+  return tf.cond(_coin(s_coin, prob), lambda: gaussian_blur(image, value, radius),
+                 lambda: image)
+
+
+def solarize(image, threshold=128 / 255):
+  """PIL's ImageOps.solarize: pixels >= threshold are inverted."""
+  return tf.where(image >= threshold, 1.0 - image, image)
+
+
+def random_solarize(image, seed, threshold=128 / 255, prob=0.2):
+  if prob <= 0:
+    return image
+  return tf.cond(_coin(seed, prob), lambda: solarize(image, threshold), lambda: image)
+
+
 # Name -> random op, for configs that list augmentations by name.
 RANDOM_OPS = {
     'random_resized_crop': random_resized_crop,
     'random_flip': random_flip,
+    'color_jitter': color_jitter,
+    'random_grayscale': random_grayscale,
+    'random_gaussian_blur': random_gaussian_blur,
+    'random_solarize': random_solarize,
 }
 
 RandomOp = tuple  # (callable or RANDOM_OPS name, dict of params)

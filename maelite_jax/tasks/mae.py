@@ -40,12 +40,17 @@ class MAETask(Task):
         train=True, rngs={"droppath": rng})
     return loss, ({"loss": loss}, extra)
 
+  def predict(self, params, images, noise):
+    """(pred, mask) of the model in eval mode; subclasses with another forward override it."""
+    out = self.model.apply({"params": params}, images, noise)
+    return out["pred"], out["mask"]
+
   def visualize(self, params, extra, batch, out_path):
     from maelite_jax.analysis.reconstruction import save_reconstruction_grid
     noise = mae_obj.masking_noise(jax.random.key(0), batch["image"].shape[0],
                                   self.model.num_patches)
-    out = jax.jit(lambda p, x, n: self.model.apply({"params": p}, x, n))(params, batch["image"], noise)
+    pred, mask = jax.jit(self.predict)(params, batch["image"], noise)
     return save_reconstruction_grid(
-        out_path, images=batch["image"], pred=out["pred"], mask=out["mask"],
+        out_path, images=batch["image"], pred=pred, mask=mask,
         patch_size=self.model.patch_size, norm_pix_loss=self.norm_pix_loss,
         mean=self.config.data.mean, std=self.config.data.std)

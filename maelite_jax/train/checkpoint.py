@@ -4,7 +4,9 @@ Layout: `<workdir>/checkpoints/<step>/{state, meta}`; `state` holds the train st
 ({"step", "params", "opt_state", "extra"}; imported weights hold only "params"), `meta` a JSON with
 the model name and constructor arguments so that any tool can rebuild the model. Orbax writes
 each step to a temporary folder and renames it when complete, so a crash mid-save never leaves a
-half-written latest checkpoint.
+half-written latest checkpoint (a leftover `<step>.orbax-checkpoint-tmp*` folder is not a step).
+Training checkpoints also carry a per-array checksum in `meta`; `restore_latest` verifies it and
+falls back to the previous step when the newest is truncated, missing files or damaged.
 """
 
 import json
@@ -12,6 +14,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -45,6 +48,100 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> d
   return restored["state"]
 
 
+class CheckpointError(RuntimeError):
+  """No checkpoint in a workdir can be restored; the message says what to do."""
+
+
+@jax.jit
+def fingerprint(tree) -> dict:
+  """One uint32 per leaf: sum of bits[i] * mix(i) modulo 2**32. Integer sums do not depend on
+  reduction order, so the value is the same for any sharding and device count; it catches the
+  flipped bytes that a readable (not truncated) but damaged checkpoint would silently load."""
+  def leaf(x):
+    x = jnp.ravel(x)
+    if x.dtype == jnp.bool_:
+      bits = x.astype(jnp.uint32)
+    elif jnp.issubdtype(x.dtype, jnp.number) and x.dtype.itemsize <= 4:
+      width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+      bits = jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32)
+    else:
+      return jnp.uint32(0)
+    mix = jax.lax.iota(jnp.uint32, x.size) * jnp.uint32(2654435761) + jnp.uint32(0x9E3779B9)
+    return jnp.sum(bits * mix, dtype=jnp.uint32)
+  return jax.tree_util.tree_map_with_path(lambda p, x: leaf(x), tree)
+
+
+def fingerprint_json(tree) -> dict:
+  """{leaf path: checksum} for the checkpoint's meta (JSON)."""
+  from maelite_jax.train.mesh import path_str
+  sums = jax.device_get(fingerprint(tree))
+  return {path_str(p): int(v) for p, v in jax.tree_util.tree_flatten_with_path(sums)[0]}
+
+
+def restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> dict:
+  """restore() plus a check against the fingerprint saved in meta (when there is one)."""
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  want = (restored["meta"] or {}).get("fingerprint")
+  if want:
+    got = fingerprint_json(restored["state"])
+    bad = sorted(k for k in want if got.get(k) != want[k])
+    if bad:
+      raise CheckpointError(f"{len(bad)} array(s) differ from the checksums written at save "
+                            f"time (first: {bad[0]}): the files were damaged after saving")
+  return restored["state"]
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
+                   ) -> tuple[int, dict] | None:
+  """(step, state) of the newest checkpoint that restores and verifies, or None when there is
+  none. Newer unreadable ones are moved aside to `<step>.corrupt` (after a warning naming the
+  folder and the error) so that the run can write that step again."""
+  failed = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    step_dir = os.path.join(str(manager.directory), str(step))
+    try:
+      state = restore_verified(manager, step, abstract_state)
+    except Exception as e:  # noqa: BLE001 - any failure means: not usable, try an older one
+      logging.warning("checkpoint %s cannot be restored (%s: %s); falling back to the previous "
+                      "one", step_dir, type(e).__name__, _first_line(e))
+      failed.append((step_dir, e))
+      continue
+    if failed:
+      _move_aside(manager, [d for d, _ in failed])
+    return step, state
+  if failed:
+    step_dir, e = failed[0]
+    raise CheckpointError(
+        f"none of the {len(failed)} checkpoint(s) in {manager.directory} can be restored into "
+        f"this run's state; the newest, {step_dir}, fails with {type(e).__name__}: "
+        f"{_first_line(e)}. If the config changed since they were written (model, optimizer, "
+        "image size), use a new --workdir (or start from their weights with --config.init); if "
+        "the files are damaged, move the checkpoints folder aside to start afresh.")
+  return None
+
+
+def _first_line(e: Exception, limit: int = 300) -> str:
+  text = str(e).strip().splitlines()
+  return (text[0] if text else "")[:limit]
+
+
+def _move_aside(manager: ocp.CheckpointManager, step_dirs: list):
+  """Renames damaged step folders to `<step>.corrupt[-N]` (process 0; the others wait)."""
+  from jax.experimental import multihost_utils
+  if jax.process_index() == 0:
+    for step_dir in step_dirs:
+      target, n = step_dir + ".corrupt", 1
+      while os.path.exists(target):
+        n += 1
+        target = f"{step_dir}.corrupt-{n}"
+      os.rename(step_dir, target)
+      logging.warning("moved the unreadable checkpoint %s aside to %s", step_dir, target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("maelite_checkpoint_move_aside")
+  manager.reload()
+
+
 def _resolve(path: str) -> tuple[str, int]:
   """Accepts a workdir, its checkpoints/ folder or one step folder; returns (ckpt dir, step)."""
   path = os.path.abspath(os.path.expanduser(path))
@@ -65,15 +162,25 @@ def _resolve(path: str) -> tuple[str, int]:
   return path, max(steps)
 
 
+def _read_meta(step_dir: str) -> dict:
+  meta_file = os.path.join(step_dir, "meta", "metadata")
+  if not os.path.exists(meta_file):
+    return {}
+  with open(meta_file) as f:
+    return json.load(f)
+
+
+def load_meta(path: str) -> dict:
+  """Only the meta JSON (model name and arguments) of a checkpoint: cheap config checks."""
+  ckpt_dir, step = _resolve(path)
+  return _read_meta(os.path.join(ckpt_dir, str(step)))
+
+
 def load_params(path: str) -> tuple[Any, dict]:
   """Loads (params, meta) from any checkpoint of this project, onto the host as numpy arrays."""
   ckpt_dir, step = _resolve(path)
   step_dir = os.path.join(ckpt_dir, str(step))
-  meta_file = os.path.join(step_dir, "meta", "metadata")
-  meta = {}
-  if os.path.exists(meta_file):
-    with open(meta_file) as f:
-      meta = json.load(f)
+  meta = _read_meta(step_dir)
   checkpointer = ocp.PyTreeCheckpointer()
   tree_meta = checkpointer.metadata(os.path.join(step_dir, "state")).item_metadata
   if "params" not in tree_meta:

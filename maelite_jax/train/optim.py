@@ -20,16 +20,17 @@ def lr_schedule(optim_cfg, global_batch: int, total_steps: int, warmup_steps: in
       decay_steps=max(total_steps, warmup_steps + 1), end_value=optim_cfg.min_lr)
 
 
-def weight_decay_mask(params, no_decay_regex: str = ""):
+def weight_decay_mask(params, no_decay_regex: str = "", decay_all: bool = False):
   """timm's rule: no decay on 1-D tensors (biases, norms) or paths matching no_decay_regex.
 
   Tokens such as cls_token / mask_token are 3-D and therefore decayed, as in the reference.
+  decay_all=True decays 1-D tensors too (MoCo-v3 passes all parameters to one AdamW group).
   """
   import re
   pattern = re.compile(no_decay_regex) if no_decay_regex else None
 
   def decay(path, leaf):
-    if leaf.ndim <= 1:
+    if leaf.ndim <= 1 and not decay_all:
       return False
     return not (pattern is not None and pattern.search(path_str(path)))
 
@@ -52,15 +53,20 @@ def scale_by_tree(multipliers) -> optax.GradientTransformation:
 
 def build_optimizer(optim_cfg, schedule, params_for_mask, lr_multipliers=None):
   """AdamW (or SGD) with the config's decay mask, optional clipping and lr multipliers."""
-  mask = weight_decay_mask(params_for_mask, optim_cfg.no_decay_regex)
+  mask = weight_decay_mask(params_for_mask, optim_cfg.no_decay_regex,
+                           optim_cfg.get("decay_all", False))
   if optim_cfg.name == "adamw":
     opt = optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
                       weight_decay=optim_cfg.weight_decay, mask=mask)
   elif optim_cfg.name == "sgd":
     opt = optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay, mask),
                       optax.sgd(schedule, momentum=optim_cfg.b1, nesterov=True))
+  elif optim_cfg.name == "lars":  # MAE's linear probe: trust ratio 0.001 |w| / |u|, >= 2-D only
+    opt = optax.lars(schedule, weight_decay=optim_cfg.weight_decay, weight_decay_mask=mask,
+                     trust_coefficient=0.001, trust_ratio_mask=mask, momentum=optim_cfg.b1)
   else:
-    raise ValueError(f"config.optim.name={optim_cfg.name!r} is unknown; use 'adamw' or 'sgd'")
+    raise ValueError(f"config.optim.name={optim_cfg.name!r} is unknown; use 'adamw', 'sgd' or "
+                     "'lars'")
   if lr_multipliers is not None:
     opt = optax.chain(opt, scale_by_tree(lr_multipliers))
   if optim_cfg.grad_clip and optim_cfg.grad_clip > 0:

@@ -3,6 +3,8 @@
 Per-example random arrays (e.g. MAE masking noise) are drawn for the whole global batch before
 it is split into micro-batches, and micro-batch j takes rows j, j+k, j+2k, ... so that every
 micro-batch stays spread over all devices; the averaged gradients then equal one full-batch step.
+A NaN/Inf loss or gradient never reaches the params: the update is skipped inside the step and
+flagged in the metrics (`nonfinite`), and the loop decides what to do (config.nonfinite_policy).
 """
 
 import flax
@@ -20,6 +22,13 @@ class TrainState:
   params: dict
   opt_state: optax.OptState
   extra: dict
+  # Non-finite guard ({'nonfinite_count', 'lr_scale'}), saved with the state so that a resumed
+  # run keeps its count of skipped steps and any lr cut made by a rollback. {} = no guard state.
+  guard: dict = flax.struct.field(default_factory=dict)
+
+
+def new_guard() -> dict:
+  return {"nonfinite_count": jnp.zeros((), jnp.int32), "lr_scale": jnp.ones((), jnp.float32)}
 
 
 def _split_micro(x, k: int, mesh):
@@ -33,37 +42,56 @@ def make_train_step(task, optimizer, mesh, *, accum_steps: int = 1, base_rng_see
 
   def step_fn(state: TrainState, batch, frozen=None):
     def loss_and_grad(params, extra, batch, rng, step):
-      (_, (metrics, extra)), grads = jax.value_and_grad(task.loss, has_aux=True)(
+      (loss, (metrics, extra)), grads = jax.value_and_grad(task.loss, has_aux=True)(
           params, extra, batch, rng, step, frozen)
-      return grads, metrics, extra
+      return loss, grads, metrics, extra
 
     rng = jax.random.fold_in(jax.random.key(base_rng_seed), state.step)
     rng_example, rng_loss = jax.random.split(rng)
     batch = dict(batch, **task.per_example_random(rng_example, batch))
     if accum_steps == 1:
-      grads, metrics, extra = loss_and_grad(state.params, state.extra, batch, rng_loss, state.step)
+      loss, grads, metrics, extra = loss_and_grad(state.params, state.extra, batch, rng_loss,
+                                                  state.step)
     else:
       micro = jax.tree.map(lambda x: _split_micro(x, accum_steps, mesh), batch)
 
       def body(carry, xs):
-        grads_acc, metrics_acc, extra = carry
+        loss_acc, grads_acc, metrics_acc, extra = carry
         j, mb = xs
-        g, m, extra = loss_and_grad(state.params, extra, mb, jax.random.fold_in(rng_loss, j),
-                                    state.step)
+        loss, g, m, extra = loss_and_grad(state.params, extra, mb,
+                                          jax.random.fold_in(rng_loss, j), state.step)
         add = lambda a, b: a + b / accum_steps
-        return (jax.tree.map(add, grads_acc, g), jax.tree.map(add, metrics_acc, m), extra), None
+        return (add(loss_acc, loss), jax.tree.map(add, grads_acc, g),
+                jax.tree.map(add, metrics_acc, m), extra), None
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
-      _, m_shape, _ = jax.eval_shape(loss_and_grad, state.params, state.extra,
-                                     jax.tree.map(lambda x: x[0], micro), rng_loss, state.step)
+      l_shape, _, m_shape, _ = jax.eval_shape(
+          loss_and_grad, state.params, state.extra, jax.tree.map(lambda x: x[0], micro),
+          rng_loss, state.step)
       zero_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
-      (grads, metrics, extra), _ = jax.lax.scan(
-          body, (zeros, zero_metrics, state.extra), (jnp.arange(accum_steps), micro))
+      (loss, grads, metrics, extra), _ = jax.lax.scan(
+          body, (jnp.zeros(l_shape.shape, l_shape.dtype), zeros, zero_metrics, state.extra),
+          (jnp.arange(accum_steps), micro))
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    guard = state.guard
+    if "lr_scale" in guard:  # a rollback's lr cut: scaling the final update scales the lr
+      updates = jax.tree.map(lambda u: u * guard["lr_scale"].astype(u.dtype), updates)
     params = optax.apply_updates(state.params, updates)
     extra = task.after_update(params, extra, state.step)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, extra=extra)
+    # A non-finite loss or gradient skips the whole update (params, optimizer moments and count,
+    # task state); the step still advances so the data moves on. The loop applies the policy.
+    keep = lambda new, old: jnp.where(finite, new, old)
+    params, opt_state, extra = jax.tree.map(keep, (params, opt_state, extra),
+                                            (state.params, state.opt_state, state.extra))
+    bad = jnp.logical_not(finite)
+    metrics = dict(metrics, grad_norm=grad_norm, nonfinite=bad.astype(jnp.float32))
+    if "nonfinite_count" in guard:
+      guard = dict(guard, nonfinite_count=guard["nonfinite_count"] + bad.astype(jnp.int32))
+      metrics["nonfinite_total"] = guard["nonfinite_count"].astype(jnp.float32)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, extra=extra,
+                              guard=guard)
     return new_state, metrics
 
   return step_fn

@@ -1,0 +1,144 @@
+"""Fine-tuning through the generic loop: loading an MAE checkpoint, on-device mixing, a short
+run on the built-in data that clearly beats chance, best checkpoint and results.csv."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import finetune_tiny, mae_tiny
+from maelite_jax.evaluate import features, results
+from maelite_jax.models.posemb import sincos_2d
+from maelite_jax.tasks.classification import ClassificationTask
+from maelite_jax.tasks.mae import model_from_config
+from maelite_jax.train import checkpoint
+from maelite_jax.train.loop import Trainer
+
+
+@pytest.fixture(scope="module")
+def mae_checkpoint(tmp_path_factory):
+  """An MAE (depth 2, 32 px / patch 4) checkpoint written as pre-training would write it."""
+  model, meta = model_from_config(mae_tiny.get_config("tiny").model)
+  params = jax.jit(model.init)(jax.random.key(3), jnp.zeros((1, 32, 32, 3)),
+                               jnp.zeros((1, model.num_patches)))["params"]
+  path = str(tmp_path_factory.mktemp("mae"))
+  checkpoint.save_params(path, jax.device_get(params), {"model": meta, "objective": "mae"},
+                         step=7)
+  return path, jax.device_get(params)
+
+
+def ft_config(**overrides):
+  config = finetune_tiny.get_config("tiny")
+  with config.unlocked():
+    for key, value in overrides.items():
+      node = config
+      *parents, leaf = key.split(".")
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+  return config
+
+
+def init_params(task, real=True):
+  """The task's initial params (real=False: zeros of the right shapes, no compile)."""
+  batch = {"image": jnp.zeros((1, 32, 32, 3))}
+  if not real:
+    shapes, _ = jax.eval_shape(task.init, jax.random.key(0), batch)
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  params, _ = jax.jit(task.init)(jax.random.key(0), batch)
+  return jax.device_get(params)
+
+
+@pytest.mark.parametrize("pool", ["avg", "token"])
+def test_adapt_pretrained_from_mae_checkpoint(mae_checkpoint, pool):
+  path, mae_params = mae_checkpoint
+  task = ClassificationTask(ft_config(**{"model.global_pool": pool}))
+  target = init_params(task, real=pool == "avg")
+  loaded, meta = checkpoint.load_params(path)
+  out = task.adapt_pretrained(target, loaded, meta)
+  assert jax.tree.structure(out) == jax.tree.structure(target)
+  enc = mae_params["encoder"]
+  for key in ("patch_embed", "cls_token", "blocks_0", "blocks_1"):
+    for a, b in zip(jax.tree.leaves(out[key]), jax.tree.leaves(enc[key])):
+      np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(out["head"]["kernel"], target["head"]["kernel"])  # fresh head
+  if pool == "avg":  # the final norm is dropped, a fresh fc_norm follows the pooling
+    assert 0 < np.abs(target["head"]["kernel"]).max() < 1e-4  # trunc_normal(2e-5)
+    np.testing.assert_allclose(out["pos_embed"][0], sincos_2d(192, 8, cls_token=True))
+    assert "norm" not in out and "fc_norm" in out
+  else:
+    np.testing.assert_array_equal(out["norm"]["scale"], enc["norm"]["scale"])
+  # Imported plain-ViT weights (no 'encoder' level) map the same way.
+  plain = task.adapt_pretrained(target, enc, {"model": {"name": "vit_tiny_patch16"}})
+  np.testing.assert_array_equal(plain["blocks_1"]["attn"]["qkv"]["kernel"],
+                                enc["blocks_1"]["attn"]["qkv"]["kernel"])
+
+
+def test_per_example_random_mixes_the_global_batch():
+  task = ClassificationTask(ft_config(**{"augment.mixup": 0.8, "augment.cutmix": 1.0,
+                                         "augment.label_smoothing": 0.1, "augment.reprob": 0.5}))
+  batch = {"image": jax.random.normal(jax.random.key(0), (8, 32, 32, 3)),
+           "label": jnp.arange(8) % 10}
+  out = jax.jit(task.per_example_random)(jax.random.key(1), batch)
+  assert out["image"].shape == batch["image"].shape
+  np.testing.assert_allclose(np.sum(out["target"], axis=1), 1.0, rtol=1e-5)
+  assert np.all(np.asarray(out["target"]) >= 0.01 - 1e-6)  # smoothing: 0.1 / 10 everywhere
+
+
+@pytest.fixture(scope="module")
+def short_run(mae_checkpoint, tmp_path_factory):
+  path, _ = mae_checkpoint
+  workdir = str(tmp_path_factory.mktemp("ft"))
+  config = ft_config(**{"init": path, "total_steps": 40, "optim.base_lr": 4e-2,
+                        "optim.warmup_steps": 3, "augment.mixup": 0.0, "data.crop_scale": (0.8, 1.0),
+                        "data.hflip": False, "eval_every": 20, "log_every": 10,
+                        "checkpoint_every": 40})
+  trainer = Trainer(config, workdir)
+  final = trainer.run()
+  return trainer, workdir, final, path
+
+
+def test_short_finetune_beats_chance(short_run):
+  trainer, workdir, final, _ = short_run
+  assert trainer.mesh.size == 8
+  assert final["top1"] > 0.25, final  # chance is 0.10 on 256 test images
+  assert final["top5"] > final["top1"]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    evals = [r for r in map(json.loads, f) if "top1" in r]
+  assert [r["step"] for r in evals] == [20, 40]
+
+
+def test_best_checkpoint_and_results_rows(short_run):
+  _, workdir, final, init = short_run
+  with open(os.path.join(workdir, "best.json")) as f:
+    best = json.load(f)
+  assert best["top1"] == pytest.approx(final["best_top1"])
+  rows = results.read_rows(workdir)
+  assert [r["protocol"] for r in rows] == ["finetune", f"finetune-best@{best['step']}"]
+  assert rows[0]["pretrain"] == init and rows[0]["top1"] == f"{100 * final['top1']:.2f}"
+  # The best params are a loadable fine-tuned model: its avg-pool features come out.
+  encoder, params, meta = features.load_encoder(os.path.join(workdir, "best"))
+  assert meta["objective"] == "classification" and encoder.global_pool == "avg"
+  feats = features.feature_fn(encoder)(params, jnp.zeros((2, 32, 32, 3)))
+  assert feats.shape == (2, 192)
+
+
+def test_transfer_presets_and_sweep_points():
+  from configs import transfer
+  from maelite_jax.evaluate.sweep import point_config
+  for name in transfer.PRESETS:
+    config = transfer.get_config(name)
+    assert config.optim.name == "sgd" and config.optim.grad_clip == 1.0
+    assert config.layer_decay == 0.75 and config.model.global_pool == "avg"
+    assert config.augment.mixup == 0 and not config.data.randaugment
+  config = transfer.get_config("cifar100")
+  assert (config.model.num_classes, config.total_epochs, config.batch_size) == (100, 50, 512)
+  point = point_config(config, 0.3, 0.65, validation=True)
+  assert (point.optim.base_lr, point.layer_decay) == (0.3, 0.65)
+  assert (point.data.train_split, point.data.eval_split) == ("train[:90%]", "train[90%:]")
+  assert config.optim.base_lr == 0.1 and config.data.eval_split == "test"  # original untouched
+  with pytest.raises(ValueError, match="needs a dataset"):
+    transfer.get_config("")
