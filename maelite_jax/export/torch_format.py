@@ -94,6 +94,8 @@ def to_torch_state_dict(params: Mapping[str, Any], fmt: str = "timm", *,
                      "decoder); export a ViT with fmt='timm'")
   if fmt == "timm" and is_mae:
     flat = {p: v for p, v in flat.items() if p[0] == "encoder"}
+  # D-MAE's adapters / extra distillation block serve pre-training only; no reference key exists.
+  flat = {p: v for p, v in flat.items() if not p[0].startswith("distill_")}
   out = {torch_key(p): _to_torch_leaf(p, v) for p, v in flat.items()}
 
   def table(width):
