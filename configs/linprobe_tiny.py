@@ -6,7 +6,8 @@ no weight decay), trained on cached centre-view features; DINO's weighted k-NN (
 big_vision's ridge few-shot (1/5/10/25 shots, 3 seeds, l2 2^10). An empty `init` evaluates a
 randomly initialised encoder, the baseline every number should be compared with.
 Variants:
-  :cpu    the built-in Fashion-MNIST at 32px / patch 4 from runs/mae_tiny_cpu
+  :cpu    the built-in Fashion-MNIST at 32px / patch 4 from runs/mae_tiny_cpu (the probe uses
+          SGD: see below)
   :tiny   a 2-block random encoder on a few hundred images, for tests
 
   python scripts/linprobe.py --config configs/linprobe_tiny.py:cpu --workdir runs/eval_cpu
@@ -54,7 +55,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.image_size = 32
     config.model.patch_size = 4
     config.feature_batch_size = 1000
-    config.linear.batch_size = 4096
+    # LARS's step is 0.001 |w| per unit lr: it needs MAE's 16k batches (lr 6.4) and thousands of
+    # steps to move a N(0, 0.01) head. On 60k examples SGD + Nesterov trains the same probe.
+    config.linear.batch_size = 256
+    config.linear.optim.update(name="sgd", base_lr=0.5, warmup_epochs=5.0)
   if variant == "tiny":
     config.init = ""
     config.model.depth = 2

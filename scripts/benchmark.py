@@ -47,6 +47,7 @@ def make_config(objective, batch, image_size):
     config.model.dtype = _DTYPE.value
     config.model.attention_impl = _ATTN.value
     config.fsdp_regex = _FSDP.value
+    config.total_steps = 1000  # schedules (lr, momentum) need a length; no dataset lookup
   return config
 
 

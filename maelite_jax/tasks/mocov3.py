@@ -172,8 +172,14 @@ class MoCoV3Task(Task):
   # ---------------------------------------------------------------- monitor
 
   def evaluate(self, trainer, state, step):
-    """k-NN top-1 of the base encoder on config.knn's splits (skipped when knn.k == 0)."""
-    if not self.config.knn.k:
+    """Weighted k-NN top-1/top-5 of the base encoder (cls token after the final norm), bank
+    and queries from config.knn's splits; knn.k = 0 skips it."""
+    knn = self.config.knn
+    if not knn.k:
       return None
-    from maelite_jax.tasks.knn_monitor import knn_top1
-    return {"knn_top1": knn_top1(self.model, state.params["encoder"], self.config, trainer.mesh)}
+    from maelite_jax.evaluate.knn import knn_monitor
+    return knn_monitor(self.model, state.params["encoder"], self.config.data,
+                       image_size=self.config.model.image_size, mesh=trainer.mesh,
+                       batch_size=-(-knn.batch_size // trainer.mesh.size) * trainer.mesh.size,
+                       k=knn.k, temperature=knn.temperature, train_split=knn.bank_split,
+                       eval_split=knn.query_split)
