@@ -3,9 +3,10 @@
   python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR OUT_DIR
 
 Starts multi-host JAX through the same helper as scripts/pretrain.py, trains the tiny MAE with
-a stop after step 2 (as a preemption would), resumes from that checkpoint to step 4 (the figure
-is drawn there), and saves the rows of every global batch that this process fed (for the
-single-process comparison). The resume reuses the Trainer only to skip a second compilation.
+a stop after step 2, resumes from that checkpoint and trains until the test sends SIGTERM to one
+of the processes (the figure is drawn at step 3), then saves the rows of every global batch
+that this process fed (for the single-process comparison). The resume reuses the Trainer only
+to skip a second compilation.
 """
 
 import json
@@ -38,17 +39,18 @@ def main(process_id, num_processes, port, workdir, out_dir):
       yield batch
 
   data_lib.build_train_iterator = recording
-  config = tiny_config(num_vis_images=4, eval_every=4)
+  config = tiny_config(num_vis_images=4, eval_every=3)
   trainer = Trainer(config, workdir)
   trainer.run(stop_at=2)
-  trainer.run(stop_at=4)
-  steps = sorted(s for s in rows if s <= 4)
+  trainer.run()  # until preempted
+  final = int(jax.device_get(trainer.state.step))
+  steps = sorted(s for s in rows if s <= final)
   np.savez(os.path.join(out_dir, f"rows{process_id}.npz"),
            **{f"image{s}": rows[s][1] for s in steps}, **{f"start{s}": rows[s][0] for s in steps})
   with open(os.path.join(out_dir, f"proc{process_id}.json"), "w") as f:
     json.dump({"process_index": jax.process_index(), "process_count": jax.process_count(),
                "local_devices": jax.local_device_count(), "devices": jax.device_count(),
-               "steps": steps}, f)
+               "steps": steps, "final": final}, f)
 
 
 if __name__ == "__main__":

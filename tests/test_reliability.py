@@ -445,7 +445,8 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path, compile_cache, monkeypatch):
+def test_two_processes_train_checkpoint_resume_and_stop_together_like_one(
+    tmp_path, compile_cache, monkeypatch):
   from jax.sharding import NamedSharding, PartitionSpec
   from maelite_jax import data as data_lib
   from maelite_jax.train import checkpoint as ckpt_lib
@@ -461,8 +462,10 @@ def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path, compile_ca
         procs.append(subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "tests", "multihost_worker.py"), str(i), "2",
              str(port), workdir, out], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT))
+    _wait_for_step(procs[1], workdir, 3, timeout=540)
+    procs[1].send_signal(signal.SIGTERM)  # preempt one host: both must stop after one step
     for p in procs:
-      p.wait(timeout=540)
+      p.wait(timeout=300)
   finally:
     for p in procs:
       if p.poll() is None:
@@ -474,16 +477,20 @@ def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path, compile_ca
   assert [(d["process_index"], d["process_count"], d["devices"]) for d in info] == [
       (0, 2, 8), (1, 2, 8)]
   assert "resuming from" in texts[0] and "resuming from" in texts[1]
+  last = info[0]["final"]
+  assert info[1]["final"] == last and 3 < last < 50
+  for text in texts:
+    assert f"checkpoint saved at step {last}" in text
 
-  # One writer: each step once in metrics.jsonl, one figure, one checkpoint per step.
-  assert [r["step"] for r in read_rows(workdir)] == [1, 2, 3, 4]
+  # One writer: each step once in metrics.jsonl, one figure, one coherent checkpoint per save.
+  assert [r["step"] for r in read_rows(workdir)] == list(range(1, last + 1))
   assert os.path.exists(os.path.join(workdir, "reconstruction.png"))
   assert "reconstruction_step" in texts[0] and "reconstruction_step" not in texts[1]
-  assert ckpt_steps(workdir) == ["2", "4"]
+  assert ckpt_steps(workdir)[-1] == str(last)
 
   # Each process fed its own rows of every global batch, with different images.
   rows = [np.load(os.path.join(out, f"rows{i}.npz")) for i in range(2)]
-  for step in range(1, 5):
+  for step in range(1, last + 1):
     starts = [set(r[f"start{step}"].tolist()) for r in rows]
     assert not starts[0] & starts[1] and sorted(starts[0] | starts[1]) == list(range(0, 32, 4))
     assert not np.allclose(rows[0][f"image{step}"], rows[1][f"image{step}"])
@@ -491,7 +498,7 @@ def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path, compile_ca
   # One process on the same 8 devices fed the same global batches: the same losses, weights.
   def replay(*args, mesh, start_step=0, **kwargs):
     sharding = NamedSharding(mesh, PartitionSpec("data"))
-    for step in range(start_step + 1, 5):
+    for step in range(start_step + 1, last + 1):
       images = np.zeros((32, 32, 32, 3), np.float32)
       for r in rows:
         chunks = np.split(r[f"image{step}"], len(r[f"start{step}"]))
@@ -502,7 +509,7 @@ def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path, compile_ca
 
   monkeypatch.setattr(data_lib, "build_train_iterator", replay)
   single = Trainer(tiny_config(), str(tmp_path / "single"))
-  single.run(stop_at=4)
+  single.run(stop_at=last)
   np.testing.assert_allclose([r["loss"] for r in read_rows(workdir)],
                              [r["loss"] for r in read_rows(str(tmp_path / "single"))], rtol=1e-5)
   params, _ = ckpt_lib.load_params(workdir)

@@ -251,8 +251,9 @@ class Trainer:
     (or the initial state) with the lr scaled by config.nonfinite_lr_factor, saved with it."""
     manager.wait_until_finished()
     latest = manager.latest_step()
-    where = (f"the last good checkpoint is step {latest} in {ckpt_lib.checkpoint_dir(self.workdir)}"
-             if latest is not None else "no checkpoint was written yet")
+    ckpt_dir = ckpt_lib.checkpoint_dir(self.workdir)
+    where = ("no checkpoint was written yet" if latest is None else
+             f"the last good checkpoint is step {latest} in {ckpt_dir}")
     if self.nonfinite_policy == "stop":
       raise FloatingPointError(
           f"non-finite loss or gradients at step {step} (config.nonfinite_policy='stop'); the "
@@ -267,6 +268,7 @@ class Trainer:
           f"{MAX_ROLLBACKS_WITHOUT_PROGRESS} rollbacks (lr scale now {self.lr_scale:g}): likely a "
           f"bad batch or a bug, not the lr; {where}. Try config.nonfinite_policy='skip'.")
     count = int(jax.device_get(state.guard["nonfinite_count"]))
+    self._skipped_seen = count  # reported here, not as a 'skip'
     del state
     self.lr_scale *= self.config.nonfinite_lr_factor
     restored = self.initial_state(manager)

@@ -82,6 +82,7 @@ def make_train_step(task, optimizer, mesh, *, accum_steps: int = 1, base_rng_see
     extra = task.after_update(params, extra, state.step)
     # A non-finite loss or gradient skips the whole update (params, optimizer moments and count,
     # task state); the step still advances so the data moves on. The loop applies the policy.
+    # A select, not lax.cond: on GPU a cond copies its predicate to the host every step.
     keep = lambda new, old: jnp.where(finite, new, old)
     params, opt_state, extra = jax.tree.map(keep, (params, opt_state, extra),
                                             (state.params, state.opt_state, state.extra))

@@ -1,18 +1,20 @@
 """What every entry point shares: --config / --workdir / --distributed, quiet logs, multi-host
 start, and config errors reported as one readable line instead of a traceback."""
 
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from maelite_jax.utils import distributed as distributed_lib
 
 
 def define_flags(config_help: str):
   """Defines the common flags; returns their holders (config, workdir, distributed)."""
   config = config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
   workdir = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and results go")
-  distributed = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize()")
+  # --distributed, --coordinator_address, --num_processes, --process_id (multi-host start)
+  distributed = distributed_lib.define_flags()
   flags.mark_flags_as_required(["config", "workdir"])
   return config, workdir, distributed
 
@@ -24,8 +26,7 @@ def start(argv, config, distributed: bool):
   import jax
   from maelite_jax.utils.logs import quiet_library_logs
   quiet_library_logs()
-  if distributed or config.get("distributed") or os.environ.get("MAELITE_DISTRIBUTED") == "1":
-    jax.distributed.initialize()
+  distributed_lib.initialize_from_flags(config, enabled=distributed)
   logging.info("JAX %s: %d process(es), %d device(s): %s", jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].device_kind)
   return config
@@ -41,6 +42,22 @@ def guarded(fn, *args, **kwargs):
     sys.exit(f"error: {e}")
 
 
+_STARTED = {"main": False}
+
+
 def run(main):
+  """app.run(main) at INFO verbosity, turning an error raised while parsing `--config.*`
+  overrides (unknown key, wrong type) into a short message instead of a traceback."""
+  def wrapped(argv):
+    _STARTED["main"] = True
+    return main(argv)
+
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  try:
+    app.run(wrapped)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    if _STARTED["main"]:
+      raise
+    msg = str(e).strip("'\"").replace("\\'", "'").replace("\\n", " ")
+    sys.exit(f"config error: {msg}\nCheck the key names and types of your --config.* flags "
+             "against the config file (unknown keys and wrong types are rejected).")

@@ -15,13 +15,15 @@ ENV_SWITCH = "MAELITE_DISTRIBUTED"
 
 
 def define_flags():
-  """The absl flags every entry point shares (call at import time of a script)."""
-  flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (also "
-                    f"{ENV_SWITCH}=1 or config.distributed=True)")
+  """The absl flags every entry point shares (call at import time of a script); returns the
+  --distributed holder."""
+  holder = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (also "
+                             f"{ENV_SWITCH}=1 or config.distributed=True)")
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies "
                       "--distributed; env JAX_COORDINATOR_ADDRESS)")
   flags.DEFINE_integer("num_processes", None, "processes in the job (env JAX_NUM_PROCESSES)")
   flags.DEFINE_integer("process_id", None, "this process's index (env JAX_PROCESS_ID)")
+  return holder
 
 
 def _env_int(name):
@@ -46,10 +48,11 @@ def maybe_initialize(enabled: bool = False, coordinator_address: str | None = No
   return True
 
 
-def initialize_from_flags(config=None) -> bool:
-  """maybe_initialize() with the flags of `define_flags` (and config.distributed)."""
-  f = flags.FLAGS
+def initialize_from_flags(config=None, enabled: bool = False) -> bool:
+  """maybe_initialize() with the flags of `define_flags` where defined (and config.distributed)."""
+  value = lambda name: flags.FLAGS[name].value if name in flags.FLAGS else None
   return maybe_initialize(
-      enabled=f.distributed or bool(config is not None and config.get("distributed", False)),
-      coordinator_address=f.coordinator_address, num_processes=f.num_processes,
-      process_id=f.process_id)
+      enabled=bool(enabled or value("distributed")
+                   or (config is not None and config.get("distributed", False))),
+      coordinator_address=value("coordinator_address"), num_processes=value("num_processes"),
+      process_id=value("process_id"))
