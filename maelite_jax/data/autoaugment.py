@@ -18,7 +18,7 @@ _GRAY = (0.299, 0.587, 0.114)  # PIL's 'L' conversion
 
 
 def parse_policy(spec: str) -> dict:
-  """'rand-m9-mstd0.5-inc1' -> {'magnitude': 9., 'std': .5, 'max': 10., 'layers': 2, 'inc': True}."""
+  """'rand-m9-mstd0.5-inc1' -> {'magnitude': 9, 'std': .5, 'max': 10, 'layers': 2, 'inc': True}."""
   parts = spec.split('-')
   if parts[0] != 'rand':
     raise ValueError(f"RandAugment spec {spec!r} must start with 'rand' (e.g. "
