@@ -15,17 +15,5 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from maelite_jax.utils import cli  # noqa: E402
 
-PROTOCOL = "knn"
-_CONFIG, _WORKDIR, _DISTRIBUTED = cli.define_flags("configs/linprobe_tiny.py[:variant]")
-
-
-def main(argv):
-  config = cli.start(argv, _CONFIG.value, _DISTRIBUTED.value)
-  from absl import logging
-  from maelite_jax.evaluate.protocols import PROTOCOLS
-  out = cli.guarded(PROTOCOLS[PROTOCOL], config, _WORKDIR.value)
-  logging.info("%s: %s", PROTOCOL, out)
-
-
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run_protocol("knn")

@@ -61,3 +61,17 @@ def run(main):
     msg = str(e).strip("'\"").replace("\\'", "'").replace("\\n", " ")
     sys.exit(f"config error: {msg}\nCheck the key names and types of your --config.* flags "
              "against the config file (unknown keys and wrong types are rejected).")
+
+
+def run_protocol(protocol: str):
+  """Entry point of the frozen-feature evaluation scripts (knn, linear, fewshot): the same flags
+  and config, one protocol each, results appended to the workdir's results.csv."""
+  config_flag, workdir_flag, distributed_flag = define_flags("configs/linprobe_tiny.py[:variant]")
+
+  def main(argv):
+    config = start(argv, config_flag.value, distributed_flag.value)
+    from maelite_jax.evaluate.protocols import PROTOCOLS
+    out = guarded(PROTOCOLS[protocol], config, workdir_flag.value)
+    logging.info("%s: %s", protocol, out)
+
+  run(main)
