@@ -19,6 +19,7 @@ from maelite_jax.tasks.dmae import encode
 from maelite_jax.train.checkpoint import load_params, save_params
 from maelite_jax.train.loop import Trainer
 from maelite_jax.train.validate import ConfigError
+from tests.helpers import override
 
 SMALL = dict(depth=2, image_size=32, patch_size=4)
 # The teacher's widths (80, 5 heads) occur nowhere in the student, so any array of a teacher
@@ -50,13 +51,7 @@ def dmae_config(teacher, **overrides):
     config.num_vis_images = 0
     config.distill.hidden_student_layers = (1, -1)
     config.distill.hidden_teacher_layers = (1, -1)
-    for key, value in overrides.items():
-      node = config
-      *parents, leaf = key.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
-  return config
+  return override(config, **overrides)
 
 
 def example(task, batch_size=4, seed=0):

@@ -16,6 +16,7 @@ from maelite_jax.tasks.classification import ClassificationTask
 from maelite_jax.tasks.mae import model_from_config
 from maelite_jax.train import checkpoint
 from maelite_jax.train.loop import Trainer
+from tests.helpers import override
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +32,7 @@ def mae_checkpoint(tmp_path_factory):
 
 
 def ft_config(**overrides):
-  config = finetune_tiny.get_config("tiny")
-  with config.unlocked():
-    for key, value in overrides.items():
-      node = config
-      *parents, leaf = key.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
-  return config
+  return override(finetune_tiny.get_config("tiny"), **overrides)
 
 
 def init_params(task, real=True):

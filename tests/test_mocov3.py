@@ -24,6 +24,7 @@ from maelite_jax.train import mesh as mesh_lib
 from maelite_jax.train import optim
 from maelite_jax.train.loop import Trainer
 from maelite_jax.train.validate import ConfigError
+from tests.helpers import override
 
 STEPS = 30  # the learning run; the 8-vs-1 comparison stops after COMPARE steps
 COMPARE = 3
@@ -45,13 +46,7 @@ def tiny_config(**overrides):
     # Linear), so Adam would turn its rounding noise into +-lr steps that differ between device
     # counts; a larger eps keeps real gradients' behaviour and makes the comparison meaningful.
     config.optim.eps = 1e-4
-    for key, value in overrides.items():
-      node = config
-      *parents, leaf = key.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
-  return config
+  return override(config, **overrides)
 
 
 def host(tree):
