@@ -8,14 +8,8 @@ with norm_pix_loss each target patch is normalised by its own mean and *unbiased
 import jax
 import jax.numpy as jnp
 
-
-def patchify(images, patch_size: int):
-  """(B, H, W, C) -> (B, N, p*p*C) with the patch laid out (p, q, c), channel last."""
-  b, h, w, c = images.shape
-  gh, gw = h // patch_size, w // patch_size
-  x = images.reshape(b, gh, patch_size, gw, patch_size, c)
-  x = x.transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, gh * gw, patch_size * patch_size * c)
+# One patchify for the patch embedding and the target, so XLA computes the transpose once.
+from maelite_jax.models.vit import patchify  # noqa: F401  (re-exported)
 
 
 def unpatchify(patches, patch_size: int, channels: int = 3):
