@@ -11,6 +11,12 @@ Variants:
             mixup 0.8, cutmix 1.0, label smoothing 0.1, random erasing 0.25, drop path 0.1
   :cpu      the built-in Fashion-MNIST at 32px / patch 4 from the CPU MAE run
             (runs/mae_tiny_cpu; pre-train it with `make pretrain`), a CPU-sized schedule
+  :linprobe      MAE's linear probe on images (main_linprobe.py): frozen encoder, BatchNorm
+                 without affine + head on the cls token, LARS lr 0.1 x batch/256, batch 16384,
+                 90 epochs (10 warm-up), no weight decay, crop + flip only. (scripts/linprobe.py
+                 is the fast variant on cached centre-crop features.)
+  :linprobe_cpu  the same probe on the built-in data from runs/mae_tiny_cpu (SGD: LARS needs
+                 MAE's 16k batches, see configs/linprobe_tiny.py)
   :tiny     a 2-block toy from scratch for tests and smoke runs
 
   python scripts/finetune.py --config configs/finetune_tiny.py --config.init=PRETRAIN_WORKDIR \
@@ -35,6 +41,7 @@ def finetune_skeleton() -> ml_collections.ConfigDict:
                       min_lr=1e-6, no_decay_regex=NO_DECAY_TOKENS)
   config.layer_decay = 0.85   # 1.0 = off
   config.ema_decay = 0.0      # > 0: also evaluate an EMA of the weights (e.g. 0.9999)
+  config.linear_probe = False # True: train only a BatchNorm(no affine) + head on a frozen encoder
   config.eval_batch_size = 1024
   config.save_best = True     # <workdir>/best holds the params of the best eval top-1
   config.num_vis_images = 0
@@ -85,6 +92,21 @@ def mae_default_recipe(config) -> None:
   config.model.drop_path_rate = 0.1
 
 
+def linear_probe_recipe(config) -> None:
+  """MAE's linear probe (main_linprobe.py) as a run of the loop."""
+  config.protocol = "linear-images"
+  config.linear_probe = True
+  config.batch_size = 16384
+  config.total_epochs = 90.0
+  config.optim.update(name="lars", base_lr=0.1, b1=0.9, weight_decay=0.0, warmup_epochs=10.0,
+                      min_lr=0.0)
+  config.layer_decay = 1.0
+  config.model.global_pool = "token"
+  config.model.head_init_std = 0.01
+  config.data.randaugment = ""
+  config.augment.update(mixup=0.0, cutmix=0.0, label_smoothing=0.0, reprob=0.0)
+
+
 def builtin_sizes(config) -> None:
   """The built-in Fashion-MNIST at 32px / patch 4 (what the CPU pre-training configs use)."""
   data = common.builtin_data()
@@ -97,10 +119,23 @@ def builtin_sizes(config) -> None:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = common.parse_arg(arg, ("default", "cpu", "tiny"))
+  variant = common.parse_arg(arg, ("default", "cpu", "linprobe", "linprobe_cpu", "tiny"))
   config = finetune_skeleton()
   if variant == "default":
     mae_default_recipe(config)
+  if variant.startswith("linprobe"):
+    linear_probe_recipe(config)
+  if variant == "linprobe_cpu":
+    builtin_sizes(config)
+    config.init = "runs/mae_tiny_cpu"
+    config.batch_size = 256
+    config.total_steps = 1000
+    config.optim.update(name="sgd", base_lr=0.5, warmup_steps=50)
+    config.data.crop_scale = (0.35, 1.0)
+    config.eval_batch_size = 1000
+    config.log_every = 50
+    config.checkpoint_every = 500
+    config.eval_every = 500
   if variant in ("cpu", "tiny"):
     builtin_sizes(config)
     config.init = "runs/mae_tiny_cpu"

@@ -136,3 +136,77 @@ def test_transfer_presets_and_sweep_points():
   assert config.optim.base_lr == 0.1 and config.data.eval_split == "test"  # original untouched
   with pytest.raises(ValueError, match="needs a dataset"):
     transfer.get_config("")
+
+
+def test_probe_norm_folds_into_the_head():
+  from maelite_jax.tasks.classification import PROBE_NORM_EPS, fold_probe_norm
+  rng = np.random.default_rng(0)
+  feats = rng.normal(2.0, 3.0, (16, 8)).astype(np.float32)
+  stats = {"mean": rng.normal(size=8).astype(np.float32),
+           "var": rng.uniform(0.5, 2.0, 8).astype(np.float32)}
+  params = {"blocks_0": {"w": np.ones(3)}, "head": {"kernel": rng.normal(size=(8, 5)).astype(
+      np.float32), "bias": rng.normal(size=5).astype(np.float32)}}
+  normed = (feats - stats["mean"]) / np.sqrt(stats["var"] + PROBE_NORM_EPS)
+  expected = normed @ params["head"]["kernel"] + params["head"]["bias"]
+  folded = fold_probe_norm(params, stats)
+  got = feats @ np.asarray(folded["head"]["kernel"]) + np.asarray(folded["head"]["bias"])
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  assert folded["blocks_0"] is params["blocks_0"]
+
+
+def test_ema_copies_first_then_averages():
+  task = ClassificationTask(ft_config(ema_decay=0.9))
+  params = {"w": jnp.full((2,), 4.0)}
+  extra = task.after_update(params, {"ema": {"w": jnp.zeros((2,))}}, jnp.asarray(0))
+  np.testing.assert_allclose(extra["ema"]["w"], [4.0, 4.0])  # the first update copies
+  extra = task.after_update({"w": jnp.full((2,), 14.0)}, extra, jnp.asarray(1))
+  np.testing.assert_allclose(extra["ema"]["w"], [5.0, 5.0])  # 0.9 * 4 + 0.1 * 14
+
+
+@pytest.fixture(scope="module")
+def probe_run(mae_checkpoint, tmp_path_factory):
+  path, _ = mae_checkpoint
+  workdir = str(tmp_path_factory.mktemp("probe"))
+  config = finetune_tiny.get_config("linprobe_cpu")
+  config = override(config, **{"init": path, "model.depth": 2, "batch_size": 32,
+                               "total_steps": 40, "optim.warmup_steps": 3, "eval_every": 20,
+                               "log_every": 10, "checkpoint_every": 40,
+                               "data.eval_split": "test[:256]", "eval_batch_size": 64})
+  trainer = Trainer(config, workdir)
+  final = trainer.run()
+  return trainer, workdir, final, path
+
+
+def test_image_linear_probe_trains_only_the_head(probe_run, mae_checkpoint):
+  trainer, workdir, final, _ = probe_run
+  _, mae_params = mae_checkpoint
+  params = jax.device_get(trainer.state.params)
+  for name in ("patch_embed", "cls_token", "blocks_0", "blocks_1", "norm"):
+    for got, want in zip(jax.tree.leaves(params[name]), jax.tree.leaves(mae_params["encoder"][name])):
+      np.testing.assert_array_equal(got, want)  # frozen: not even weight decay moves it
+  assert np.abs(params["head"]["kernel"]).max() > 0.05  # trained from N(0, 0.01)
+  stats = jax.device_get(trainer.state.extra["probe_norm"])
+  assert np.abs(stats["mean"]).max() > 0 and not np.allclose(stats["var"], 1.0)
+  assert final["top1"] > 0.3, final  # chance is 0.10 on 256 test images
+  rows = results.read_rows(workdir)
+  assert rows[0]["protocol"] == "linear-images"
+
+
+def test_image_linear_probe_best_is_a_plain_classifier(probe_run):
+  """The saved best params (norm folded into the head) give the reported top-1 as a plain ViT."""
+  trainer, workdir, final, _ = probe_run
+  from maelite_jax.evaluate import accuracy
+  from maelite_jax.tasks.classification import classifier_from_config
+  with open(os.path.join(workdir, "best.json")) as f:
+    best = json.load(f)
+  params, _ = checkpoint.load_params(os.path.join(workdir, "best"))
+  model, _ = classifier_from_config(trainer.config.model)
+  res = accuracy.evaluate_classifier(accuracy.logits_of(model), params, trainer.config.data,
+                                     image_size=32, batch_size=64, mesh=trainer.mesh)
+  assert res["top1"] == pytest.approx(best["top1"])
+
+
+def test_linear_probe_rejects_ema():
+  config = override(finetune_tiny.get_config("linprobe_cpu"), ema_decay=0.99)
+  with pytest.raises(ValueError, match="trains only the head"):
+    ClassificationTask(config)

@@ -6,6 +6,11 @@ soft-target cross-entropy. The optimizer gets layer-wise lr decay through `lr_mu
 Pre-trained encoders (MAE, D-MAE, MoCo-v3, imported) are mapped on by `adapt_pretrained`.
 Every evaluation measures top-1/top-5 on the eval split exactly, keeps the best params in
 `<workdir>/best`, and the final one appends rows to `<workdir>/results.csv`.
+
+With `config.linear_probe` the same task is MAE's image-level linear probe: the encoder is frozen
+(no gradient, lr 0) and runs in eval mode, its pooled features go through BatchNorm without
+affine (batch statistics in training, running ones in `extra`) into the head. For evaluation,
+the best checkpoint and export that norm is folded into the head, a plain timm classifier.
 """
 
 import json
@@ -25,6 +30,17 @@ from maelite_jax.train import checkpoint as ckpt_lib
 from maelite_jax.train.layer_decay import layer_decay_multipliers
 
 FRESH = ("head", "fc_norm")  # never taken from a pre-trained (non-classifier) checkpoint
+PROBE_NORM_EPS = 1e-6      # MAE's BatchNorm1d(affine=False, eps=1e-6) before the probe head
+PROBE_NORM_MOMENTUM = 0.1  # torch's running-statistics momentum
+
+
+def fold_probe_norm(params: dict, stats: dict) -> dict:
+  """BatchNorm without affine then Linear is one linear map: (f - m) / s @ W + b equals
+  f @ (W / s) + (b - (m / s) @ W). Returns params whose head includes the norm."""
+  inv = jax.lax.rsqrt(stats["var"] + PROBE_NORM_EPS)
+  kernel, bias = params["head"]["kernel"], params["head"]["bias"]
+  head = {"kernel": kernel * inv[:, None], "bias": bias - (stats["mean"] * inv) @ kernel}
+  return dict(params, head=head)
 
 
 def classifier_from_config(model_cfg):
@@ -75,6 +91,10 @@ class ClassificationTask(Task):
     self.num_classes = config.model.num_classes
     self.aug = config.augment
     self.ema_decay = config.get("ema_decay", 0.0)
+    self.linear_probe = config.get("linear_probe", False)
+    if self.linear_probe and (self.ema_decay or config.model.drop_path_rate):
+      raise ValueError("config.linear_probe trains only the head: set ema_decay=0 and "
+                       "model.drop_path_rate=0")
     self._count_fn = None
 
   def init(self, rng, batch):
@@ -86,6 +106,10 @@ class ClassificationTask(Task):
       params["head"] = dict(params["head"], kernel=std * jax.random.truncated_normal(
           r_head, -2.0 / std, 2.0 / std, kernel.shape, kernel.dtype))
     extra = {"ema": params} if self.ema_decay > 0 else {}
+    if self.linear_probe:
+      dim = params["head"]["kernel"].shape[0]
+      extra["probe_norm"] = {"mean": jnp.zeros((dim,), jnp.float32),
+                             "var": jnp.ones((dim,), jnp.float32)}
     return params, extra
 
   def per_example_random(self, rng, batch):
@@ -106,13 +130,38 @@ class ClassificationTask(Task):
     return {"image": images, "target": target}
 
   def loss(self, params, extra, batch, rng, step, frozen=None):
+    if self.linear_probe:
+      return self._probe_loss(params, extra, batch)
     logits, _ = self.model.apply({"params": params}, batch["image"], train=True,
                                  rngs={"droppath": rng})
     loss = cls_obj.soft_cross_entropy(logits, batch["target"])
     top1 = jnp.mean(cls_obj.topk_correct(logits, batch["label"], 1))
     return loss, ({"loss": loss, "train_top1": top1}, extra)
 
+  def _probe_loss(self, params, extra, batch):
+    """Frozen encoder (eval mode) -> BatchNorm(no affine, batch stats) -> head; updates the
+    running statistics in extra like torch (momentum 0.1, unbiased variance)."""
+    encoder = jax.lax.stop_gradient({k: v for k, v in params.items() if k != "head"})
+    feats, _ = self.model.apply({"params": encoder}, batch["image"], train=False,
+                                return_features=True)
+    feats = feats.astype(jnp.float32)
+    mean, var = feats.mean(axis=0), feats.var(axis=0)
+    head = params["head"]
+    logits = ((feats - mean) * jax.lax.rsqrt(var + PROBE_NORM_EPS)) @ head["kernel"] + head["bias"]
+    loss = cls_obj.soft_cross_entropy(logits, batch["target"])
+    top1 = jnp.mean(cls_obj.topk_correct(logits, batch["label"], 1))
+    n, m, old = feats.shape[0], PROBE_NORM_MOMENTUM, extra["probe_norm"]
+    stats = {"mean": (1 - m) * old["mean"] + m * mean,
+             "var": (1 - m) * old["var"] + m * var * n / max(n - 1, 1)}
+    return loss, ({"loss": loss, "train_top1": top1}, dict(extra, probe_norm=stats))
+
+  def inference_params(self, params, extra):
+    """The params evaluated, saved as best and exported (the probe's norm folded in)."""
+    return fold_probe_norm(params, extra["probe_norm"]) if self.linear_probe else params
+
   def lr_multipliers(self, params):
+    if self.linear_probe:  # only the head trains; lr 0 also stops weight decay elsewhere
+      return {k: jax.tree.map(lambda _: 1.0 if k == "head" else 0.0, v) for k, v in params.items()}
     decay = self.config.layer_decay
     return None if decay >= 1.0 else layer_decay_multipliers(params, self.model.depth, decay)
 
@@ -137,12 +186,13 @@ class ClassificationTask(Task):
         batch_size=self.config.eval_batch_size, mesh=trainer.mesh, count_fn=self._count_fn)
 
   def evaluate(self, trainer, state, step):
-    res = self._accuracy(trainer, state.params)
+    params = self.inference_params(state.params, state.extra)
+    res = self._accuracy(trainer, params)
     scalars = {"top1": res["top1"], "top5": res["top5"]}
     if self.ema_decay:
       ema = self._accuracy(trainer, state.extra["ema"])
       scalars.update(ema_top1=ema["top1"], ema_top5=ema["top5"])
-    best = self._update_best(trainer, state.params, step, res)
+    best = self._update_best(trainer, params, step, res)
     scalars["best_top1"] = best["top1"]
     if step == trainer.total_steps:
       self._record(trainer, scalars, best)
