@@ -298,3 +298,12 @@ def test_script_writes_figures_and_json(tmp_path):
       if size is not None:
         assert im.size == size, name
   assert plots.cka_size() == (550, 500)
+
+
+def test_only_checkpoints_with_a_decoder_count_as_mae():
+  """MoCo-v3 keeps its ViT under params['encoder'] too; only a decoder makes reconstructions."""
+  from maelite_jax.analysis.representations import is_mae
+  assert is_mae({"model": {"name": "mae_vit_tiny_patch16"}}, {"encoder": {}, "decoder_pred": {}})
+  assert not is_mae({"model": {"name": "vit_tiny_patch16"}, "objective": "mocov3"},
+                    {"encoder": {}, "projector": {}, "predictor": {}})
+  assert not is_mae({"model": {"name": "vit_tiny_patch16"}}, {"blocks_0": {}})

@@ -19,7 +19,9 @@ VIT_FIELDS = frozenset(VisionTransformer.__dataclass_fields__) - {"parent", "nam
 
 
 def is_mae(meta: dict, params) -> bool:
-  return "encoder" in params or meta.get("model", {}).get("name", "").startswith("mae_")
+  """An MAE (or D-MAE) checkpoint with its decoder, which can draw reconstructions. MoCo-v3
+  checkpoints also keep their ViT under params['encoder'], so that alone does not decide."""
+  return "decoder_pred" in params
 
 
 def encoder_from_checkpoint(params, meta: dict, image_size: int | None = None):
