@@ -60,6 +60,8 @@ def finetune_skeleton() -> ml_collections.ConfigDict:
       head_init_std=2e-5,       # MAE: trunc_normal(2e-5) head weights
       dtype="float32",
       attention_impl="einsum",
+      scan_blocks=False,  # lax.scan over encoder blocks: compile time ~depth x shorter
+      remat=False,        # recompute block activations in the backward pass: memory
   ))
   config.augment = ml_collections.ConfigDict(dict(
       mixup=0.2,             # Beta(alpha) mixup; 0 = off

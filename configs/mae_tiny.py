@@ -27,6 +27,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       depth=ml_collections.config_dict.placeholder(int),  # None = the variant's depth
       dtype="float32",
       attention_impl="einsum",  # einsum | xla | cudnn (jax.nn.dot_product_attention)
+      scan_blocks=False,  # lax.scan over encoder blocks: compile time ~depth x shorter
+      remat=False,        # recompute block activations in the backward pass: memory
   ))
   if variant in ("cpu", "tiny"):
     config.data = common.builtin_data()

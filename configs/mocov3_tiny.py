@@ -37,6 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       depth=ml_collections.config_dict.placeholder(int),  # None = the variant's depth
       dtype="float32",
       attention_impl="einsum",
+      scan_blocks=False,  # lax.scan over encoder blocks: compile time ~depth x shorter
+      remat=False,        # recompute block activations in the backward pass: memory
       cls_init_std=1e-6,
       dim=256,                  # projector / predictor output
       mlp_dim=4096,             # their hidden width

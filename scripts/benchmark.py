@@ -1,7 +1,8 @@
 """Benchmark the training step (and input pipeline) against an equivalent PyTorch step.
 
   python scripts/benchmark.py --objective mae --batch 32 --image-size 224 --patch-size 16 \
-      --steps 10 --compare-torch --json bench.json [--dtype bfloat16] [--attention cudnn]
+      --steps 10 --compare-torch --json bench.json [--dtype bfloat16] [--attention cudnn] \
+      [--scan_blocks] [--remat]
 
 One JSON record per measurement: objective, image_size, batch, step_time_s_median,
 images_per_s, compile_s, peak_mem_bytes (+ torch_images_per_s, mfu on GPU, pipeline_images_per_s).
@@ -23,6 +24,8 @@ _STEPS = flags.DEFINE_integer("steps", 10, "timed steps (median reported)")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "untimed steps after compilation")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
 _ATTN = flags.DEFINE_enum("attention", "einsum", ["einsum", "xla", "cudnn"], "attention kernel")
+_SCAN = flags.DEFINE_bool("scan_blocks", False, "lax.scan over the encoder blocks")
+_REMAT = flags.DEFINE_bool("remat", False, "recompute block activations in the backward pass")
 _FSDP = flags.DEFINE_string("fsdp_regex", "", "FSDP rule (config.fsdp_regex)")
 _MICRO = flags.DEFINE_integer("micro_batch_size", 0, "gradient accumulation micro-batch")
 _TORCH = flags.DEFINE_bool("compare_torch", False, "also time the PyTorch step (MAE)")
@@ -46,6 +49,8 @@ def make_config(objective, batch, image_size):
     config.model.patch_size = _PATCH.value
     config.model.dtype = _DTYPE.value
     config.model.attention_impl = _ATTN.value
+    config.model.scan_blocks = _SCAN.value
+    config.model.remat = _REMAT.value
     config.fsdp_regex = _FSDP.value
     config.total_steps = 1000  # schedules (lr, momentum) need a length; no dataset lookup
   return config
@@ -61,7 +66,7 @@ def main(argv):
       config = make_config(_OBJECTIVE.value, batch, image_size)
       rec = dict(objective=_OBJECTIVE.value, image_size=image_size, batch=batch,
                  patch_size=_PATCH.value, dtype=_DTYPE.value, attention=_ATTN.value,
-                 jax_version=jax.__version__)
+                 scan_blocks=_SCAN.value, remat=_REMAT.value, jax_version=jax.__version__)
       rec.update(benchmark.bench_jax_step(config, steps=_STEPS.value, warmup=_WARMUP.value))
       if _TORCH.value and _OBJECTIVE.value == "mae":
         from maelite_jax.models import model_kwargs
@@ -81,7 +86,8 @@ def main(argv):
 
 
 def _print_table(records):
-  cols = ["objective", "image_size", "batch", "dtype", "attention", "step_time_s_median",
+  cols = ["objective", "image_size", "batch", "dtype", "attention", "scan_blocks", "remat",
+          "step_time_s_median",
           "images_per_s", "compile_s", "mfu", "torch_images_per_s", "jax_over_torch_speed",
           "pipeline_images_per_s"]
   cols = [c for c in cols if any(r.get(c) is not None for r in records)]

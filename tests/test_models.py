@@ -8,6 +8,7 @@ import pytest
 from maelite_jax.models import create_model
 from maelite_jax.models.mae import random_masking_ids
 from maelite_jax.models.posemb import sincos_2d
+from maelite_jax.models.vit import VisionTransformer
 
 
 def _count(tree):
@@ -117,3 +118,38 @@ def test_wrong_image_size_is_a_clear_error():
         jax.random.key(0), jnp.zeros((1, 30, 30, 3)))
   with pytest.raises(ValueError, match="unknown model"):
     create_model("vit_huge")
+
+
+@pytest.mark.parametrize("options", [dict(scan_blocks=True), dict(remat=True),
+                                     dict(scan_blocks=True, remat=True)])
+def test_scanned_and_remat_blocks_equal_the_loop(options):
+  """Same params tree, outputs and gradients as the unrolled blocks (float32, 1e-6)."""
+  kw = dict(image_size=32, patch_size=4, embed_dim=32, depth=3, num_heads=2, num_classes=5)
+  loop, fast = VisionTransformer(**kw), VisionTransformer(**kw, **options)
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  params = loop.init(jax.random.key(0), x)["params"]
+  fast_params = fast.init(jax.random.key(0), x)["params"]
+  assert jax.tree.structure(fast_params) == jax.tree.structure(params)
+  loss = lambda m: jax.jit(jax.value_and_grad(lambda p: (m.apply({"params": p}, x)[0]**2).sum()))
+  (l_loop, g_loop), (l_fast, g_fast) = loss(loop)(params), loss(fast)(params)
+  np.testing.assert_allclose(l_fast, l_loop, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_loop)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  if options.get("scan_blocks"):  # the scan really runs (and per-layer outputs fall back)
+    assert "scan" in str(jax.make_jaxpr(lambda p: fast.apply({"params": p}, x)[0])(params))
+    _, aux = fast.apply({"params": params}, x, return_tokens=(1,))
+    ref = loop.apply({"params": params}, x, return_tokens=(1,))[1]
+    np.testing.assert_allclose(aux["tokens"][1], ref["tokens"][1], rtol=1e-6)
+
+
+def test_scanned_blocks_apply_drop_path_per_layer():
+  kw = dict(image_size=32, patch_size=4, embed_dim=32, depth=3, num_heads=2, drop_path_rate=0.5)
+  model = VisionTransformer(**kw, scan_blocks=True)
+  x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+  params = model.init(jax.random.key(0), x)["params"]
+  run = lambda seed: model.apply({"params": params}, x, train=True,
+                                 rngs={"droppath": jax.random.key(seed)})[0]
+  assert not np.allclose(run(0), run(1))
+  np.testing.assert_allclose(run(0), run(0))
+  np.testing.assert_allclose(model.apply({"params": params}, x)[0],
+                             VisionTransformer(**kw).apply({"params": params}, x)[0], rtol=1e-5, atol=1e-5)

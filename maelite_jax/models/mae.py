@@ -50,13 +50,15 @@ class MaskedAutoencoder(nn.Module):
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
   attention_impl: str = "einsum"
+  scan_blocks: bool = False  # encoder blocks (the decoder has 1-8 blocks)
+  remat: bool = False
 
   def setup(self):
     self.encoder = VisionTransformer(
         image_size=self.image_size, patch_size=self.patch_size, in_chans=self.in_chans,
         embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads,
         mlp_ratio=self.mlp_ratio, drop_path_rate=self.drop_path_rate, dtype=self.dtype,
-        attention_impl=self.attention_impl)
+        attention_impl=self.attention_impl, scan_blocks=self.scan_blocks, remat=self.remat)
     self.decoder_embed = nn.Dense(self.decoder_embed_dim, kernel_init=dense_init, dtype=self.dtype)
     self.mask_token = self.param("mask_token", token_init, (1, 1, self.decoder_embed_dim))
     self.decoder_blocks = [

@@ -1,5 +1,7 @@
 """Named model variants (REFERENCE.md's table) and the factory that builds them."""
 
+import jax.numpy as jnp
+
 from maelite_jax.models.mae import MaskedAutoencoder
 from maelite_jax.models.vit import VisionTransformer
 
@@ -37,6 +39,13 @@ def model_kwargs(name: str, **overrides) -> dict:
     if value is not None:
       kwargs[key] = value
   return kwargs
+
+
+def compute_options(model_cfg) -> dict:
+  """A model config's speed switches, shared by every task: compute dtype, attention kernel,
+  scanned blocks and remat. None changes the params; all are tested equal to the plain path."""
+  return dict(dtype=jnp.dtype(model_cfg.dtype), attention_impl=model_cfg.attention_impl,
+              scan_blocks=model_cfg.get("scan_blocks", False), remat=model_cfg.get("remat", False))
 
 
 def create_model(name: str, **overrides):

@@ -39,10 +39,12 @@ class DropPath(nn.Module):
   rate: float
 
   @nn.compact
-  def __call__(self, x, deterministic: bool):
-    if self.rate == 0.0 or deterministic:
+  def __call__(self, x, deterministic: bool, rate=None):
+    """`rate` (may be traced) overrides the attribute: the scanned blocks pass it per layer."""
+    rate = self.rate if rate is None else rate
+    if deterministic or (isinstance(rate, float) and rate == 0.0):
       return x
-    keep = 1.0 - self.rate
+    keep = 1.0 - rate
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     mask = jax.random.bernoulli(self.make_rng("droppath"), keep, shape)
     return x * mask.astype(x.dtype) / keep
@@ -96,15 +98,38 @@ class Block(nn.Module):
   attention_impl: str = "einsum"
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True, return_logits: bool = False):
+  def __call__(self, x, deterministic: bool = True, return_logits: bool = False, drop_rate=None):
     dim = x.shape[-1]
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm1")(x)
     y, logits = Attention(self.num_heads, self.dtype, self.attention_impl, name="attn")(y, return_logits)
-    x = x + DropPath(self.drop_path)(y, deterministic)
+    x = x + DropPath(self.drop_path)(y, deterministic, drop_rate)
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm2")(x)
     y = Mlp(int(dim * self.mlp_ratio), self.dtype, name="mlp")(y)
-    x = x + DropPath(self.drop_path)(y, deterministic)
+    x = x + DropPath(self.drop_path)(y, deterministic, drop_rate)
     return x, logits
+
+
+def scan_blocks(block: Block, block_params: list, x, *, deterministic: bool, rates, rng=None,
+                remat: bool = False):
+  """Runs `len(block_params)` copies of the unbound `block` with jax.lax.scan.
+
+  The per-block params (timm layout, `blocks_{i}`) are stacked inside the step, so checkpoints
+  and export keep the unrolled layout while XLA compiles the block body once (compile time
+  ~depth x shorter). Drop path: the per-layer rate is scanned too; layer i draws from
+  fold_in(rng, i). remat recomputes each block's activations in the backward pass.
+  """
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *block_params)
+
+  def body(h, layer):
+    params, rate, i = layer
+    rngs = {"droppath": jax.random.fold_in(rng, i)} if rng is not None else {}
+    h, _ = block.apply({"params": params}, h, deterministic, False, rate, rngs=rngs)
+    return h, None
+
+  if remat:
+    body = jax.checkpoint(body)
+  layers = (stacked, jnp.asarray(rates, jnp.float32), jnp.arange(len(block_params)))
+  return jax.lax.scan(body, x, layers)[0]
 
 
 def patchify(images, patch_size: int):
@@ -167,6 +192,8 @@ class VisionTransformer(nn.Module):
   trainable_pos_embed: bool = False  # fine-tuning: a table initialised from sin-cos
   dtype: Any = jnp.float32
   attention_impl: str = "einsum"
+  scan_blocks: bool = False  # jax.lax.scan over the blocks (when no per-layer outputs are asked)
+  remat: bool = False        # recompute block activations in the backward pass (memory)
 
   @property
   def grid_size(self) -> int:
@@ -202,6 +229,14 @@ class VisionTransformer(nn.Module):
     cls = (cls + pos[:, :1]).astype(x.dtype)
     return jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.embed_dim)), x], axis=1)
 
+  def _scanned(self, x, train: bool, rates):
+    params = self.variables["params"]
+    block = Block(self.num_heads, self.mlp_ratio, 0.0, self.dtype, self.attention_impl,
+                  parent=None)
+    rng = self.make_rng("droppath") if train and self.drop_path_rate > 0 else None
+    return scan_blocks(block, [params[f"blocks_{i}"] for i in range(self.depth)], x,
+                       deterministic=not train, rates=rates, rng=rng, remat=self.remat)
+
   @nn.compact
   def __call__(self, images, *, keep_ids=None, train: bool = False,
                return_tokens: Sequence[int] = (), return_attn_logits: Sequence[int] = (),
@@ -219,9 +254,14 @@ class VisionTransformer(nn.Module):
     x = self.embed(images, keep_ids)
     aux = {"tokens": {}, "attn_logits": {}}
     rates = [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
-    for i in range(self.depth):
-      x, logits = Block(self.num_heads, self.mlp_ratio, rates[i], self.dtype, self.attention_impl,
-                        name=f"blocks_{i}")(x, not train, i in want_logits)
+    # init creates the per-block params unrolled; per-layer outputs need the unrolled loop too
+    scanned = self.scan_blocks and not (want_tokens or want_logits or self.is_initializing())
+    if scanned:
+      x = self._scanned(x, train, rates)
+    block_cls = nn.remat(Block, static_argnums=(2, 3)) if self.remat else Block
+    for i in range(0 if scanned else self.depth):
+      x, logits = block_cls(self.num_heads, self.mlp_ratio, rates[i], self.dtype,
+                            self.attention_impl, name=f"blocks_{i}")(x, not train, i in want_logits)
       if i in want_tokens:
         aux["tokens"][i] = x
       if i in want_logits:

@@ -23,7 +23,7 @@ from absl import logging
 
 from maelite_jax.evaluate import accuracy as acc_lib
 from maelite_jax.evaluate import results
-from maelite_jax.models import create_model, model_kwargs
+from maelite_jax.models import compute_options, create_model, model_kwargs
 from maelite_jax.objectives import classification as cls_obj
 from maelite_jax.tasks.base import Task
 from maelite_jax.train import checkpoint as ckpt_lib
@@ -48,8 +48,7 @@ def classifier_from_config(model_cfg):
   overrides = dict(image_size=model_cfg.image_size, patch_size=model_cfg.patch_size,
                    depth=model_cfg.get("depth"), num_classes=model_cfg.num_classes,
                    global_pool=model_cfg.global_pool, trainable_pos_embed=True,
-                   drop_path_rate=model_cfg.drop_path_rate, dtype=jnp.dtype(model_cfg.dtype),
-                   attention_impl=model_cfg.attention_impl)
+                   drop_path_rate=model_cfg.drop_path_rate, **compute_options(model_cfg))
   kwargs = model_kwargs(model_cfg.name, **overrides)
   meta_kwargs = {k: (str(jnp.dtype(v)) if k == "dtype" else v) for k, v in kwargs.items()}
   return create_model(model_cfg.name, **overrides), {"name": model_cfg.name, "kwargs": meta_kwargs}

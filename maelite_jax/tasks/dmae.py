@@ -98,7 +98,8 @@ class DMAETask(MAETask):
     self.encoder = VisionTransformer(
         image_size=m.image_size, patch_size=m.patch_size, in_chans=m.in_chans,
         embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-        drop_path_rate=m.drop_path_rate, dtype=m.dtype, attention_impl=m.attention_impl)
+        drop_path_rate=m.drop_path_rate, dtype=m.dtype, attention_impl=m.attention_impl,
+        scan_blocks=m.scan_blocks, remat=m.remat)
     self.teacher_path = os.path.abspath(os.path.expanduser(config.teacher.init))
     params, meta = ckpt_lib.load_params(self.teacher_path)
     self.teacher = teacher_module(meta, config.model)

@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from maelite_jax.models import create_model, model_kwargs
+from maelite_jax.models import compute_options, create_model, model_kwargs
 from maelite_jax.objectives import mae as mae_obj
 from maelite_jax.tasks.base import Task
 
@@ -12,7 +12,7 @@ def model_from_config(model_cfg):
   """Builds the registry model named by config.model.name with the config's overrides."""
   overrides = dict(image_size=model_cfg.image_size, patch_size=model_cfg.patch_size,
                    mask_ratio=model_cfg.mask_ratio, drop_path_rate=model_cfg.drop_path_rate,
-                   depth=model_cfg.get('depth'), dtype=jnp.dtype(model_cfg.dtype), attention_impl=model_cfg.attention_impl)
+                   depth=model_cfg.get("depth"), **compute_options(model_cfg))
   kwargs = model_kwargs(model_cfg.name, **overrides)
   meta_kwargs = {k: (str(jnp.dtype(v)) if k == "dtype" else v) for k, v in kwargs.items()}
   return create_model(model_cfg.name, **overrides), {"name": model_cfg.name, "kwargs": meta_kwargs}

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from maelite_jax.models import heads
-from maelite_jax.models import model_kwargs, create_model
+from maelite_jax.models import compute_options, create_model, model_kwargs
 from maelite_jax.objectives import contrastive as cl
 from maelite_jax.tasks.base import Task
 from maelite_jax.train.mesh import path_str
@@ -30,7 +30,7 @@ def encoder_from_config(model_cfg):
   """The registry ViT named by config.model.name, with the config's overrides; and its meta."""
   overrides = dict(image_size=model_cfg.image_size, patch_size=model_cfg.patch_size,
                    depth=model_cfg.get("depth"), drop_path_rate=model_cfg.drop_path_rate,
-                   dtype=jnp.dtype(model_cfg.dtype), attention_impl=model_cfg.attention_impl)
+                   **compute_options(model_cfg))
   kwargs = model_kwargs(model_cfg.name, **overrides)
   meta_kwargs = {k: (str(jnp.dtype(v)) if k == "dtype" else v) for k, v in kwargs.items()}
   return create_model(model_cfg.name, **overrides), {"name": model_cfg.name, "kwargs": meta_kwargs}
