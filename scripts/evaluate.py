@@ -21,8 +21,8 @@ from maelite_jax.utils import cli  # noqa: E402
 
 _INIT = flags.DEFINE_string("init", None, "encoder checkpoint (a workdir or step folder)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where runs and results.csv go")
-_VARIANT = flags.DEFINE_enum("variant", "", ["", "cpu"], "config variant ('' = ImageNet recipes, "
-                             "'cpu' = the built-in dataset)")
+_VARIANT = flags.DEFINE_enum("variant", "", ["", "cpu", "tiny"], "config variant ('' = ImageNet "
+                             "recipes, 'cpu' = the built-in dataset, 'tiny' = smoke test)")
 _PROTOCOLS = flags.DEFINE_list("protocols", ["finetune", "linear", "knn", "fewshot"],
                                "which protocols to run")
 _BASELINE = flags.DEFINE_bool("baseline", False, "also run the frozen protocols on a random "

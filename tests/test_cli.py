@@ -59,3 +59,22 @@ def test_bad_overrides_give_one_clear_message(tmp_path, flag, message):
   assert proc.returncode != 0
   assert message in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_evaluate_runs_every_protocol_from_a_pretraining_workdir(workdir, tmp_path):
+  """scripts/evaluate.py: fine-tune + k-NN + linear of the CLI's MAE run and of a random
+  encoder, every row collected into one results.csv and printed."""
+  path, _ = workdir
+  cmd = [sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"), "--init", path,
+         "--workdir", str(tmp_path), "--variant", "tiny", "--protocols", "finetune,knn,linear",
+         "--baseline"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  from maelite_jax.evaluate import results
+  rows = results.read_rows(str(tmp_path))
+  # finetune + finetune-best of the MAE run; linear + knn of it and of a random encoder
+  assert sorted(r["protocol"].split("@")[0] for r in rows) == [
+      "finetune", "finetune-best", "knn-k20", "knn-k20", "linear", "linear"]
+  assert sum(r["pretrain"] == "random-init" for r in rows) == 2
+  assert all(0.0 <= float(r["top1"]) <= 100.0 for r in rows)
+  assert "knn-k20" in proc.stdout and "finetune" in proc.stdout  # the printed table

@@ -169,7 +169,7 @@ def probe_run(mae_checkpoint, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("probe"))
   config = finetune_tiny.get_config("linprobe_cpu")
   config = override(config, **{"init": path, "model.depth": 2, "batch_size": 32,
-                               "total_steps": 40, "optim.warmup_steps": 3, "eval_every": 20,
+                               "total_steps": 40, "optim.warmup_steps": 3, "eval_every": 40,
                                "log_every": 10, "checkpoint_every": 40,
                                "data.eval_split": "test[:256]", "eval_batch_size": 64})
   trainer = Trainer(config, workdir)
