@@ -210,3 +210,29 @@ def test_linear_probe_rejects_ema():
   config = override(finetune_tiny.get_config("linprobe_cpu"), ema_decay=0.99)
   with pytest.raises(ValueError, match="trains only the head"):
     ClassificationTask(config)
+
+
+def test_sweep_picks_the_best_validation_point_and_reruns_it(mae_checkpoint, tmp_path):
+  """run_sweep end to end: every grid point trained on the sweep's train split and scored on its
+  validation split, the argmax chosen in sweep.csv, then retrained and tested once."""
+  import csv
+  from maelite_jax.evaluate.sweep import run_sweep
+  path, _ = mae_checkpoint
+  config = ft_config(**{"init": path, "total_steps": 6, "optim.warmup_steps": 1,
+                        "augment.mixup": 0.0, "eval_every": 0, "checkpoint_every": 6,
+                        "sweep.base_lrs": (1e-4, 4e-2), "sweep.layer_decays": (0.75,),
+                        "sweep.rerun_best": True, "data.eval_split": "test[:128]"})
+  out = run_sweep(config, str(tmp_path))
+  with open(os.path.join(tmp_path, "sweep.csv")) as f:
+    grid = list(csv.DictReader(f))
+  assert [r["name"] for r in grid] == ["lr0.0001_ld0.75", "lr0.04_ld0.75"]
+  chosen = [r for r in grid if r["chosen"] == "1"]
+  assert len(chosen) == 1
+  assert float(chosen[0]["val_top1"]) == max(float(r["val_top1"]) for r in grid)
+  # the validation runs never saw the test split; the rerun did, and reported it
+  for r in grid:
+    with open(os.path.join(tmp_path, r["name"], "config.json")) as f:
+      assert json.load(f)["data"]["eval_split"] == "train[256:384]"
+  rows = results.read_rows(str(tmp_path))
+  assert rows[-1]["protocol"] == f"finetune-swept({chosen[0]['name']})"
+  assert float(rows[-1]["top1"]) == pytest.approx(100 * out["test"]["top1"], abs=0.01)
