@@ -119,6 +119,7 @@ def scan_blocks(block: Block, block_params: list, x, *, deterministic: bool, rat
   fold_in(rng, i). remat recomputes each block's activations in the backward pass.
   """
   stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *block_params)
+  deterministic = deterministic or rng is None  # blocks are random only through drop path
 
   def body(h, layer):
     params, rate, i = layer
