@@ -17,5 +17,8 @@ def build_task(config) -> "Task":
   if config.objective == "mocov3":
     from maelite_jax.tasks.mocov3 import MoCoV3Task
     return MoCoV3Task(config)
+  if config.objective == "segmentation":
+    from maelite_jax.tasks.segmentation import SegmentationTask
+    return SegmentationTask(config)
   raise ValueError(f"config.objective={config.objective!r} is unknown; available: 'mae', 'dmae', "
-                   "'mocov3'")
+                   "'mocov3', 'classification', 'segmentation'")

@@ -31,6 +31,15 @@ class Task:
     """
     raise NotImplementedError
 
+  def train_iterator(self, mesh, start_step: int):
+    """Global training batches for a task with its own data (segmentation: image + label map);
+    None = the loop's image pipeline."""
+    return None
+
+  def vis_batch(self, mesh) -> dict | None:
+    """The batch `visualize` draws, for a task with its own data; None = the loop's."""
+    return None
+
   def frozen(self) -> Any:
     """Arrays the loss reads but never trains or saves (a distillation teacher); default none."""
     return None

@@ -153,6 +153,9 @@ class Trainer:
 
   def _train_iter(self, start_step: int):
     cfg = self.config
+    own = self.task.train_iterator(self.mesh, start_step)
+    if own is not None:
+      return own
     return data_lib.build_train_iterator(
         cfg.data, image_size=cfg.model.image_size, global_batch_size=cfg.batch_size,
         mesh=self.mesh, seed=cfg.seed, start_step=start_step)
@@ -287,12 +290,15 @@ class Trainer:
     n = self.config.num_vis_images
     if not n:
       return None
+    own = self.task.vis_batch(self.mesh)
+    if own is not None:
+      return own
     # Each process gets >= n rows of its own, so no process needs another's data.
     it = data_lib.build_eval_iterator(
         self.config.data, image_size=self.config.model.image_size,
-        global_batch_size=_round_up(n * jax.process_count(), self.mesh.size), mesh=self.mesh)
+        global_batch_size=round_up(n * jax.process_count(), self.mesh.size), mesh=self.mesh)
     batch = next(iter(it))
-    return {"image": _local_rows(batch["image"])[:n]}
+    return {"image": local_rows(batch["image"])[:n]}
 
   def _evaluate(self, state, vis_batch, step, logger) -> dict:
     """The task's evaluation (e.g. k-NN accuracy, top-1) and figures; returns its scalars."""
@@ -320,11 +326,11 @@ class Trainer:
       logging.info("wrote %s", path)
 
 
-def _round_up(n, k):
+def round_up(n, k):
   return (n + k - 1) // k * k
 
 
-def _local_rows(x) -> np.ndarray:
+def local_rows(x) -> np.ndarray:
   """This process's rows of a batch-sharded global array, in global order (no cross-host copy)."""
   if x.is_fully_addressable:
     return np.asarray(jax.device_get(x))

@@ -1,4 +1,5 @@
-"""Optimizer pieces from config: scaled lr, warm-up + cosine per step, AdamW, wd mask, clipping."""
+"""Optimizer pieces from config: scaled lr, warm-up + cosine (or poly) per step, AdamW, wd mask,
+clipping."""
 
 import jax
 import optax
@@ -12,9 +13,23 @@ def scaled_lr(optim_cfg, global_batch: int) -> float:
 
 
 def lr_schedule(optim_cfg, global_batch: int, total_steps: int, warmup_steps: int):
-  """Linear warm-up from warmup_init_lr to the peak, then half-cosine to min_lr, per step."""
+  """Linear warm-up from warmup_init_lr to the peak, then half-cosine to min_lr, per step.
+
+  optim.schedule='poly' (segmentation, mmseg's policy) decays as (1 - t)^poly_power instead,
+  t going 0 -> 1 over the steps after the warm-up.
+  """
   peak = scaled_lr(optim_cfg, global_batch)
   warmup_steps = min(warmup_steps, total_steps)
+  schedule = optim_cfg.get("schedule", "cosine")
+  if schedule not in ("cosine", "poly"):
+    raise ValueError(f"config.optim.schedule={schedule!r} is unknown; use 'cosine' or 'poly'")
+  if schedule == "poly":
+    poly = optax.polynomial_schedule(peak, optim_cfg.min_lr, optim_cfg.get("poly_power", 1.0),
+                                     max(total_steps - warmup_steps, 1))
+    if warmup_steps <= 0:
+      return poly
+    warm = optax.linear_schedule(optim_cfg.warmup_init_lr, peak, warmup_steps)
+    return optax.join_schedules([warm, poly], [warmup_steps])
   return optax.warmup_cosine_decay_schedule(
       init_value=optim_cfg.warmup_init_lr, peak_value=peak, warmup_steps=warmup_steps,
       decay_steps=max(total_steps, warmup_steps + 1), end_value=optim_cfg.min_lr)
