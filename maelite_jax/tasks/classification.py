@@ -13,9 +13,6 @@ affine (batch statistics in training, running ones in `extra`) into the head. Fo
 the best checkpoint and export that norm is folded into the head, a plain timm classifier.
 """
 
-import json
-import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -198,23 +195,9 @@ class ClassificationTask(Task):
     return scalars
 
   def _update_best(self, trainer, params, step, res) -> dict:
-    """Keeps <workdir>/best.json and the best params in <workdir>/best (survives resumes)."""
-    path = os.path.join(trainer.workdir, "best.json")
-    best = {"top1": -1.0, "top5": 0.0, "step": 0}
-    if os.path.exists(path):
-      with open(path) as f:
-        best = json.load(f)
-    if res["top1"] > best["top1"]:
-      best = {"top1": res["top1"], "top5": res["top5"], "step": int(step)}
-      if self.config.get("save_best", True):
-        best_dir = os.path.join(trainer.workdir, "best")
-        if jax.process_index() == 0:
-          shutil.rmtree(best_dir, ignore_errors=True)
-        ckpt_lib.save_params(best_dir, jax.device_get(params), trainer.meta(), step=int(step))
-      if jax.process_index() == 0:
-        with open(path, "w") as f:
-          json.dump(best, f)
-    return best
+    scores = {"top1": res["top1"], "top5": res["top5"]}
+    return ckpt_lib.keep_best(trainer.workdir, params, trainer.meta(), step, scores, "top1",
+                              self.config.get("save_best", True))
 
   def _record(self, trainer, scalars, best):
     cfg = self.config

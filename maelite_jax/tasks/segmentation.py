@@ -16,7 +16,6 @@ through `train_iterator` / `vis_batch`.
 
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -216,23 +215,9 @@ class SegmentationTask(Task):
       f.write(json.dumps(row) + "\n")
 
   def _update_best(self, trainer, params, step, res) -> dict:
-    """<workdir>/best.json and the best params in <workdir>/best (survives resumes)."""
-    path = os.path.join(trainer.workdir, "best.json")
-    best = {"miou": -1.0, "pixel_acc": 0.0, "step": 0}
-    if os.path.exists(path):
-      with open(path) as f:
-        best = json.load(f)
-    if res["miou"] > best["miou"]:
-      best = {"miou": res["miou"], "pixel_acc": res["pixel_acc"], "step": int(step)}
-      if self.config.get("save_best", True):
-        best_dir = os.path.join(trainer.workdir, "best")
-        if jax.process_index() == 0:
-          shutil.rmtree(best_dir, ignore_errors=True)
-        ckpt_lib.save_params(best_dir, jax.device_get(params), trainer.meta(), step=int(step))
-      if jax.process_index() == 0:
-        with open(path, "w") as f:
-          json.dump(best, f)
-    return best
+    scores = {"miou": res["miou"], "pixel_acc": res["pixel_acc"]}
+    return ckpt_lib.keep_best(trainer.workdir, params, trainer.meta(), step, scores, "miou",
+                              self.config.get("save_best", True))
 
   def _record(self, trainer, scalars, best):
     cfg = self.config

@@ -11,6 +11,7 @@ falls back to the previous step when the newest is truncated, missing files or d
 
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -205,3 +206,25 @@ def save_params(workdir: str, params: Any, meta: dict, step: int = 0) -> str:
   manager.wait_until_finished()
   manager.close()
   return os.path.join(checkpoint_dir(workdir), str(step))
+
+
+def keep_best(workdir: str, params, meta: dict, step: int, scores: dict, key: str,
+              save_params_too: bool = True) -> dict:
+  """Keeps <workdir>/best.json (scores + step of the best `key` so far) and, when it improves,
+  the params in <workdir>/best. Survives resumes; returns the best record."""
+  path = os.path.join(workdir, "best.json")
+  best = {key: -1.0, "step": 0}
+  if os.path.exists(path):
+    with open(path) as f:
+      best = json.load(f)
+  if scores[key] > best[key]:
+    best = dict(scores, step=int(step))
+    if save_params_too:
+      best_dir = os.path.join(workdir, "best")
+      if jax.process_index() == 0:
+        shutil.rmtree(best_dir, ignore_errors=True)
+      save_params(best_dir, jax.device_get(params), meta, step=int(step))
+    if jax.process_index() == 0:
+      with open(path, "w") as f:
+        json.dump(best, f)
+  return best
