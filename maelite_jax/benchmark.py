@@ -59,7 +59,7 @@ def mae_train_flops(kw: dict, image_size: int, mask_ratio: float = 0.75) -> floa
   n = (image_size // kw["patch_size"])**2
   keep = int(n * (1 - mask_ratio))
   patch_dim = kw["patch_size"]**2 * 3
-  fwd = 2 * n * patch_dim * kw["embed_dim"]  # patch embedding of every patch
+  fwd = 2 * keep * patch_dim * kw["embed_dim"]  # patch embedding of the kept patches only
   fwd += vit_forward_flops(1 + keep, kw["embed_dim"], kw["depth"], kw.get("mlp_ratio", 4.0))
   fwd += 2 * (1 + keep) * kw["embed_dim"] * kw["decoder_embed_dim"]
   fwd += vit_forward_flops(1 + n, kw["decoder_embed_dim"], kw["decoder_depth"],
@@ -80,8 +80,11 @@ def time_calls(fn, steps: int, warmup: int) -> list[float]:
   return times
 
 
-def bench_jax_step(config, *, steps: int = 10, warmup: int = 3) -> dict:
-  """Compile time, median step time, images/s, FLOPs/MFU of the real training step."""
+def prepare_jax_step(config):
+  """Builds and compiles the real training step; returns (one_step, facts for the record).
+
+  one_step runs one step on a fixed synthetic device batch and blocks until it is done.
+  """
   from maelite_jax import tasks as tasks_lib
   mesh = mesh_lib.make_mesh()
   task = tasks_lib.build_task(config)
@@ -122,27 +125,45 @@ def bench_jax_step(config, *, steps: int = 10, warmup: int = 3) -> dict:
     holder["state"], metrics = compiled(holder["state"], batch, frozen)
     jax.block_until_ready(metrics)
 
-  times = time_calls(one_step, steps, warmup)
-  median = statistics.median(times)
-  xla_flops = _flops(compiled)
   model_flops = None
   if config.objective == "mae":
     from maelite_jax.models import model_kwargs
     kw = model_kwargs(config.model.name, patch_size=config.model.patch_size)
     model_flops = b * mae_train_flops(kw, s, config.model.mask_ratio)
-  flops = model_flops or xla_flops
   dev = jax.devices()[0]
-  peak = peak_flops(dev.device_kind, config.model.dtype) if dev.platform == "gpu" else None
-  return dict(step_time_s_median=median, images_per_s=b / median, compile_s=compile_s,
-              peak_mem_bytes=peak_memory_bytes(), model_flops_per_step=model_flops,
-              xla_flops_per_step=xla_flops, achieved_tflops=flops / median / 1e12 if flops else None,
-              mfu=(flops / median / (peak * mesh.size)) if (flops and peak) else None,
-              device=f"{mesh.size}x {dev.device_kind}")
+  facts = dict(compile_s=compile_s, xla_flops_per_step=_flops(compiled),
+               model_flops_per_step=model_flops, devices=mesh.size,
+               device=f"{mesh.size}x {dev.device_kind}",
+               peak=peak_flops(dev.device_kind, config.model.dtype) if dev.platform == "gpu" else None)
+  return one_step, facts
 
 
-def bench_torch_mae_step(model_kwargs: dict, *, batch: int, image_size: int, steps: int = 10,
-                         warmup: int = 3, dtype: str = "float32", optim_cfg=None) -> dict:
-  """The equivalent PyTorch step: MAE forward (timm blocks, SDPA), backward, AdamW."""
+def jax_step_record(config, facts: dict, times: list[float]) -> dict:
+  """The documented JSON fields of one JAX measurement from its step times."""
+  median = statistics.median(times)
+  flops = facts["model_flops_per_step"] or facts["xla_flops_per_step"]
+  peak = facts["peak"]
+  return dict(step_time_s_median=median, images_per_s=config.batch_size / median,
+              compile_s=facts["compile_s"], peak_mem_bytes=peak_memory_bytes(),
+              model_flops_per_step=facts["model_flops_per_step"],
+              xla_flops_per_step=facts["xla_flops_per_step"],
+              achieved_tflops=flops / median / 1e12 if flops else None,
+              mfu=(flops / median / (peak * facts["devices"])) if (flops and peak) else None,
+              device=facts["device"])
+
+
+def bench_jax_step(config, *, steps: int = 10, warmup: int = 3) -> dict:
+  """Compile time, median step time, images/s, FLOPs/MFU of the real training step."""
+  one_step, facts = prepare_jax_step(config)
+  return jax_step_record(config, facts, time_calls(one_step, steps, warmup))
+
+
+def prepare_torch_mae_step(model_kwargs: dict, *, batch: int, image_size: int,
+                           dtype: str = "float32"):
+  """The equivalent PyTorch step: MAE forward (timm blocks, SDPA), backward, AdamW.
+
+  Returns (one_step, facts); one_step blocks until the step is done.
+  """
   import torch
   from maelite_jax.export.torch_mae import TorchMAE
   dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -167,10 +188,38 @@ def bench_torch_mae_step(model_kwargs: dict, *, batch: int, image_size: int, ste
     else:
       loss.item()
 
-  times = time_calls(one_step, steps, warmup)
+  return one_step, dict(torch_device=dev, torch_version=torch.__version__)
+
+
+def torch_step_record(batch: int, facts: dict, times: list[float]) -> dict:
   median = statistics.median(times)
-  return dict(torch_step_time_s_median=median, torch_images_per_s=batch / median,
-              torch_device=dev, torch_version=torch.__version__)
+  return dict(torch_step_time_s_median=median, torch_images_per_s=batch / median, **facts)
+
+
+def bench_torch_mae_step(model_kwargs: dict, *, batch: int, image_size: int, steps: int = 10,
+                         warmup: int = 3, dtype: str = "float32") -> dict:
+  one_step, facts = prepare_torch_mae_step(model_kwargs, batch=batch, image_size=image_size,
+                                           dtype=dtype)
+  return torch_step_record(batch, facts, time_calls(one_step, steps, warmup))
+
+
+def time_interleaved(fns: dict, steps: int, warmup: int) -> dict[str, list[float]]:
+  """Per-call wall times of several step functions, run in turns (a, b, a, b, ...).
+
+  On a shared or throttling machine the speed drifts by 10-20 % over a minute; timing the two
+  frameworks in alternation exposes both to the same drift, so their ratio is stable even
+  when the absolute times are not.
+  """
+  for _ in range(warmup):
+    for fn in fns.values():
+      fn()
+  times = {name: [] for name in fns}
+  for _ in range(steps):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t0)
+  return times
 
 
 def bench_pipeline(config, *, batches: int = 20) -> dict:

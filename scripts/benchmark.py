@@ -41,8 +41,10 @@ def make_config(objective, batch, image_size):
   spec = importlib.util.spec_from_file_location("bench_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config("cpu" if objective == "dmae" else None)
+  config = module.get_config()
   with config.unlocked():
+    if objective == "dmae" and not _CONFIG.value:
+      config.teacher.init = random_teacher(config.teacher.name, _PATCH.value)
     config.batch_size = batch
     config.micro_batch_size = _MICRO.value
     config.model.image_size = image_size
@@ -56,6 +58,24 @@ def make_config(objective, batch, image_size):
   return config
 
 
+def random_teacher(name: str, patch_size: int) -> str:
+  """A checkpoint of a randomly initialised teacher (D-MAE's MAE-Base by default): its weights
+  do not change the step's speed, and no pre-trained teacher has to be at hand."""
+  import tempfile
+  import jax
+  import jax.numpy as jnp
+  from maelite_jax.models import create_model
+  from maelite_jax.train.checkpoint import save_params
+  name = name or "vit_base_patch16"
+  model = create_model(name, patch_size=patch_size)
+  size = model.image_size
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)))["params"]
+  path = tempfile.mkdtemp(prefix="bench_teacher_")
+  save_params(path, jax.device_get(params),
+              {"model": {"name": name, "kwargs": {"patch_size": patch_size}}})
+  return path
+
+
 def main(argv):
   del argv
   import jax
@@ -67,13 +87,18 @@ def main(argv):
       rec = dict(objective=_OBJECTIVE.value, image_size=image_size, batch=batch,
                  patch_size=_PATCH.value, dtype=_DTYPE.value, attention=_ATTN.value,
                  scan_blocks=_SCAN.value, remat=_REMAT.value, jax_version=jax.__version__)
-      rec.update(benchmark.bench_jax_step(config, steps=_STEPS.value, warmup=_WARMUP.value))
+      fns = {}
+      fns["jax"], facts = benchmark.prepare_jax_step(config)
       if _TORCH.value and _OBJECTIVE.value == "mae":
         from maelite_jax.models import model_kwargs
         kw = model_kwargs(config.model.name, patch_size=_PATCH.value)
-        rec.update(benchmark.bench_torch_mae_step(
-            kw, batch=batch, image_size=image_size, steps=_STEPS.value, warmup=_WARMUP.value,
-            dtype=_DTYPE.value))
+        fns["torch"], torch_facts = benchmark.prepare_torch_mae_step(
+            kw, batch=batch, image_size=image_size, dtype=_DTYPE.value)
+      # JAX and PyTorch steps alternate, so machine drift hits both alike
+      times = benchmark.time_interleaved(fns, _STEPS.value, _WARMUP.value)
+      rec.update(benchmark.jax_step_record(config, facts, times["jax"]))
+      if "torch" in fns:
+        rec.update(benchmark.torch_step_record(batch, torch_facts, times["torch"]))
         rec["jax_over_torch_speed"] = rec["images_per_s"] / rec["torch_images_per_s"]
       if _PIPELINE.value:
         rec.update(benchmark.bench_pipeline(config))

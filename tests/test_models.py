@@ -85,6 +85,21 @@ def test_mae_encoder_sees_only_kept_patches(small_mae):
   assert not np.allclose(out["latent"], model.apply({"params": params}, x3, noise)["latent"])
 
 
+def test_encoder_embeds_only_kept_patches_as_embedding_all_then_gathering(small_mae):
+  # The masked encoder projects only the kept patches; that must equal timm/MAE's order
+  # (project every patch, add positions, then keep), tokens and positions alike.
+  model, params, x, noise = small_mae
+  enc = params["encoder"]
+  ids_keep, _, _ = random_masking_ids(noise, 0.75)
+  # depth 0: embedding + final norm, a per-token map, so keeping commutes with it
+  encoder = VisionTransformer(image_size=32, patch_size=4, depth=0)
+  full, _ = encoder.apply({"params": enc}, x)
+  kept, _ = encoder.apply({"params": enc}, x, keep_ids=ids_keep)
+  want = jnp.take_along_axis(full[:, 1:], ids_keep[:, :, None], axis=1)
+  np.testing.assert_allclose(kept[:, 1:], want, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(kept[:, 0], full[:, 0])
+
+
 def test_init_statistics_follow_reference(small_mae):
   _, params, _, _ = small_mae
   enc = params["encoder"]

@@ -107,6 +107,8 @@ class MoCoV3Task(Task):
   def total_steps(self) -> int:
     """The run length the momentum schedule spans; computed on first use, since an epoch-based
     config needs the dataset's size (tools that never trace the loss need no dataset)."""
+    if self.config.total_steps > 0:  # no data library needed (e.g. the GPU benchmark)
+      return self.config.total_steps
     from maelite_jax.train.loop import schedule_lengths  # loop imports tasks: import lazily
     return schedule_lengths(self.config)[0]
 
