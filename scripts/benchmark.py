@@ -31,17 +31,18 @@ _MICRO = flags.DEFINE_integer("micro_batch_size", 0, "gradient accumulation micr
 _TORCH = flags.DEFINE_bool("compare_torch", False, "also time the PyTorch step (MAE)")
 _PIPELINE = flags.DEFINE_bool("pipeline", False, "also time the tf.data input pipeline")
 _JSON = flags.DEFINE_string("json", None, "write the records to this file")
-_CONFIG = flags.DEFINE_string("config", None, "config file (default configs/<objective>_tiny.py)")
+_CONFIG = flags.DEFINE_string("config", None, "config file[:variant] (default "
+                              "configs/<objective>_tiny.py), e.g. configs/mae_tiny.py:cpu")
 
 
 def make_config(objective, batch, image_size):
   import importlib.util
-  path = _CONFIG.value or os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))), "configs", f"{objective}_tiny.py")
+  path, _, variant = (_CONFIG.value or os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "configs", f"{objective}_tiny.py")).partition(":")
   spec = importlib.util.spec_from_file_location("bench_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
+  config = module.get_config(variant or None)
   with config.unlocked():
     if objective == "dmae" and not _CONFIG.value:
       config.teacher.init = random_teacher(config.teacher.name, _PATCH.value)
