@@ -163,15 +163,21 @@ def test_sigterm_checkpoints_and_the_same_command_resumes_the_same_trajectory(tm
 
 def test_a_second_signal_aborts_at_once():
   from maelite_jax.train.loop import _StopFlag
-  flag = _StopFlag()
+  # Python's own Ctrl-C handler as the one to come back to, whatever the launcher left (a
+  # background job or nohup starts Python with SIGINT ignored, and then nothing would raise).
+  launcher_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
-    signal.raise_signal(signal.SIGINT)
-    assert flag.requested  # first: finish the step, checkpoint, exit cleanly
-    with pytest.raises(KeyboardInterrupt):
-      signal.raise_signal(signal.SIGINT)  # second: the previous handler runs now
+    flag = _StopFlag()
+    try:
+      signal.raise_signal(signal.SIGINT)
+      assert flag.requested  # first: finish the step, checkpoint, exit cleanly
+      with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)  # second: the previous handler runs now
+    finally:
+      flag.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
   finally:
-    flag.restore()
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    signal.signal(signal.SIGINT, launcher_handler)
 
 
 # ---------------------------------------------------------------------------------------------
