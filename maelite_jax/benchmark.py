@@ -196,13 +196,6 @@ def torch_step_record(batch: int, facts: dict, times: list[float]) -> dict:
   return dict(torch_step_time_s_median=median, torch_images_per_s=batch / median, **facts)
 
 
-def bench_torch_mae_step(model_kwargs: dict, *, batch: int, image_size: int, steps: int = 10,
-                         warmup: int = 3, dtype: str = "float32") -> dict:
-  one_step, facts = prepare_torch_mae_step(model_kwargs, batch=batch, image_size=image_size,
-                                           dtype=dtype)
-  return torch_step_record(batch, facts, time_calls(one_step, steps, warmup))
-
-
 def time_interleaved(fns: dict, steps: int, warmup: int) -> dict[str, list[float]]:
   """Per-call wall times of several step functions, run in turns (a, b, a, b, ...).
 

@@ -62,6 +62,8 @@ def make_config(objective, batch, image_size):
 def random_teacher(name: str, patch_size: int) -> str:
   """A checkpoint of a randomly initialised teacher (D-MAE's MAE-Base by default): its weights
   do not change the step's speed, and no pre-trained teacher has to be at hand."""
+  import atexit
+  import shutil
   import tempfile
   import jax
   import jax.numpy as jnp
@@ -72,6 +74,7 @@ def random_teacher(name: str, patch_size: int) -> str:
   size = model.image_size
   params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)))["params"]
   path = tempfile.mkdtemp(prefix="bench_teacher_")
+  atexit.register(shutil.rmtree, path, ignore_errors=True)  # ViT-B: ~350 MB
   save_params(path, jax.device_get(params),
               {"model": {"name": name, "kwargs": {"patch_size": patch_size}}})
   return path

@@ -13,7 +13,6 @@ affine (batch statistics in training, running ones in `extra`) into the head. Fo
 the best checkpoint and export that norm is folded into the head, a plain timm classifier.
 """
 
-
 import jax
 import jax.numpy as jnp
 from absl import logging
