@@ -9,6 +9,7 @@ from maelite_jax.models import create_model
 from maelite_jax.models.mae import random_masking_ids
 from maelite_jax.models.posemb import sincos_2d
 from maelite_jax.models.vit import VisionTransformer
+from maelite_jax.objectives.mae import mae_forward_loss, mae_loss, patchify
 
 
 def _count(tree):
@@ -98,6 +99,33 @@ def test_encoder_embeds_only_kept_patches_as_embedding_all_then_gathering(small_
   want = jnp.take_along_axis(full[:, 1:], ids_keep[:, :, None], axis=1)
   np.testing.assert_allclose(kept[:, 1:], want, rtol=1e-6, atol=1e-6)
   np.testing.assert_array_equal(kept[:, 0], full[:, 0])
+
+
+def test_masked_only_prediction_and_loss_equal_the_full_ones(small_mae):
+  # Training predicts only the masked patches; pred and loss must be those of the full
+  # prediction (the reference's form), values and gradients.
+  model, params, x, noise = small_mae
+  full = model.apply({"params": params}, x, noise)
+  part = model.apply({"params": params}, x, noise, masked_only=True)
+  ids = part["pred_ids"]
+  assert part["pred"].shape == (2, 48, 48)
+  np.testing.assert_array_equal(jnp.take_along_axis(full["mask"], ids, axis=1), 1.0)
+  np.testing.assert_allclose(part["pred"], jnp.take_along_axis(full["pred"], ids[:, :, None], 1),
+                             rtol=1e-6, atol=1e-6)
+
+  def full_loss(p):
+    out = model.apply({"params": p}, x, noise)
+    return mae_loss(out["pred"], patchify(x, 4), out["mask"])
+
+  def train_loss(p):
+    return mae_forward_loss(model, p, x, noise, train=False)[0]
+
+  (l_full, g_full), (l_part, g_part) = (jax.value_and_grad(f)(params)
+                                        for f in (full_loss, train_loss))
+  np.testing.assert_allclose(l_part, l_full, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g_part,
+               g_full)
+  assert float(jnp.abs(g_part["decoder_pred"]["kernel"]).max()) > 0
 
 
 def test_init_statistics_follow_reference(small_mae):

@@ -35,6 +35,12 @@ def random_masking_ids(noise, mask_ratio: float):
   return ids_keep, ids_restore, mask
 
 
+def masked_patch_ids(noise, mask_ratio: float):
+  """(B, N - K) ids of the removed patches: the only ones MAE's loss looks at."""
+  len_keep = int(noise.shape[1] * (1 - mask_ratio))
+  return jnp.argsort(noise, axis=1)[:, len_keep:]
+
+
 class MaskedAutoencoder(nn.Module):
   image_size: int = 224
   patch_size: int = 16
@@ -79,8 +85,13 @@ class MaskedAutoencoder(nn.Module):
   def make_noise(self, rng, batch_size: int):
     return jax.random.uniform(rng, (batch_size, self.num_patches))
 
-  def decode(self, latent, ids_restore):
-    """latent (B, 1+K, D) -> per-patch pixel predictions (B, N, p*p*c)."""
+  def decode(self, latent, ids_restore, pred_ids=None):
+    """latent (B, 1+K, D) -> per-patch pixel predictions (B, N, p*p*c).
+
+    pred_ids (B, M): predict only those patches (B, M, p*p*c). The decoder blocks still see
+    every token; the norm and the linear head work per token, so this is the same function for
+    the patches it returns, and training asks only for the masked 75 % that the loss reads.
+    """
     x = self.decoder_embed(latent)
     b, n = ids_restore.shape
     n_mask = n + 1 - x.shape[1]
@@ -92,14 +103,19 @@ class MaskedAutoencoder(nn.Module):
     x = x + jnp.asarray(sincos_2d(self.decoder_embed_dim, grid, cls_token=True))[None].astype(x.dtype)
     for blk in self.decoder_blocks:
       x, _ = blk(x)
-    x = self.decoder_norm(x)
-    return self.decoder_pred(x)[:, 1:]
+    x = x[:, 1:]
+    if pred_ids is not None:
+      x = take_tokens(x, pred_ids)
+    return self.decoder_pred(self.decoder_norm(x))
 
   def __call__(self, images, noise=None, *, train: bool = False,
-               return_tokens: Sequence[int] = (), return_attn_logits: Sequence[int] = ()):
+               return_tokens: Sequence[int] = (), return_attn_logits: Sequence[int] = (),
+               masked_only: bool = False):
     """Returns dict(pred (B,N,p*p*c), mask (B,N), ids_keep, ids_restore, latent, aux).
 
     noise: (B, N) uniform noise that decides the masking; drawn from the 'masking' rng if None.
+    masked_only: pred holds only the removed patches (B, N-K, p*p*c), in the order of the
+    extra output `pred_ids` (B, N-K): what the training loss needs, a quarter less head work.
     """
     if noise is None:
       noise = self.make_noise(self.make_rng("masking"), images.shape[0])
@@ -109,6 +125,10 @@ class MaskedAutoencoder(nn.Module):
     ids_keep, ids_restore, mask = random_masking_ids(noise, self.mask_ratio)
     latent, aux = self.encoder(images, keep_ids=ids_keep, train=train, return_tokens=return_tokens,
                                return_attn_logits=return_attn_logits)
-    pred = self.decode(latent, ids_restore)
-    return dict(pred=pred, mask=mask, ids_keep=ids_keep, ids_restore=ids_restore, latent=latent,
-                aux=aux)
+    pred_ids = masked_patch_ids(noise, self.mask_ratio) if masked_only else None
+    pred = self.decode(latent, ids_restore, pred_ids)
+    out = dict(pred=pred, mask=mask, ids_keep=ids_keep, ids_restore=ids_restore, latent=latent,
+               aux=aux)
+    if masked_only:
+      out["pred_ids"] = pred_ids
+    return out

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 # One patchify for the patch embedding and the target, so XLA computes the transpose once.
-from maelite_jax.models.vit import patchify  # noqa: F401  (re-exported)
+from maelite_jax.models.vit import patchify, take_tokens  # noqa: F401  (patchify re-exported)
 
 
 def unpatchify(patches, patch_size: int, channels: int = 3):
@@ -38,13 +38,25 @@ def mae_loss(pred, target, mask, norm_pix_loss: bool = True):
   return jnp.sum(per_patch * mask) / jnp.sum(mask)
 
 
+def masked_patch_loss(pred, images, pred_ids, patch_size: int, norm_pix_loss: bool = True):
+  """`mae_loss` when pred (B, M, P) holds only the masked patches, `pred_ids` (B, M).
+
+  The same value as the full form: only these patches have mask 1 there. The targets are
+  gathered before the normalisation, so a quarter of the patches is never normalised.
+  """
+  target = take_tokens(patchify(images, patch_size), pred_ids)
+  return mae_loss(pred, target, jnp.ones(pred.shape[:2], jnp.float32), norm_pix_loss)
+
+
 def mae_forward_loss(model, params, images, noise, *, norm_pix_loss: bool = True,
                      train: bool = True, rngs=None, **model_kwargs):
-  """Runs the MAE model and its loss; returns (loss, outputs dict of the model)."""
+  """Runs the MAE model and its loss; returns (loss, outputs dict of the model).
+
+  The model predicts the masked patches only (`masked_only`); out["pred"] is (B, N-K, P).
+  """
   out = model.apply({"params": params}, images, noise, train=train, rngs=rngs or {},
-                    **model_kwargs)
-  target = patchify(images, model.patch_size)
-  loss = mae_loss(out["pred"], target, out["mask"], norm_pix_loss)
+                    masked_only=True, **model_kwargs)
+  loss = masked_patch_loss(out["pred"], images, out["pred_ids"], model.patch_size, norm_pix_loss)
   return loss, out
 
 

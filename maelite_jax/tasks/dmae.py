@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from maelite_jax.analysis.representations import encoder_from_checkpoint
 from maelite_jax.models.d2 import AttentionLogitsBlock
-from maelite_jax.models.mae import MaskedAutoencoder, random_masking_ids
+from maelite_jax.models.mae import MaskedAutoencoder, masked_patch_ids, random_masking_ids
 from maelite_jax.models.vit import LN_EPS, VisionTransformer
 from maelite_jax.objectives import distill as distill_obj
 from maelite_jax.objectives import mae as mae_obj
@@ -141,9 +141,12 @@ class DMAETask(MAETask):
   def _d2_block(self):
     return AttentionLogitsBlock(self.encoder.num_heads, self.encoder.dtype)
 
-  def student_forward(self, params, images, noise, *, train=False, rng=None):
+  def student_forward(self, params, images, noise, *, train=False, rng=None, masked_only=False):
     """The student MAE; returns dict(pred, mask, ids_keep, attn={layer: logits},
-    hidden={layer: tokens}) with layers numbered as in the config."""
+    hidden={layer: tokens}) with layers numbered as in the config.
+
+    masked_only: pred covers only the masked patches, listed in the extra output pred_ids
+    (what the loss needs; see MaskedAutoencoder)."""
     depth = self.encoder.depth
     ids_keep, ids_restore, mask = random_masking_ids(noise, self.model.mask_ratio)
     attn_layers = sorted({s for s, _ in self.attn_pairs if s <= depth})
@@ -160,9 +163,11 @@ class DMAETask(MAETask):
       attn[depth + 1] = self._d2_block().apply({"params": params["distill_block"]},
                                                 aux["tokens"][depth - 1])
     mae_params = {k: v for k, v in params.items() if k not in DISTILL_KEYS}
-    pred = self.model.apply({"params": mae_params}, latent, ids_restore,
+    pred_ids = masked_patch_ids(noise, self.model.mask_ratio) if masked_only else None
+    pred = self.model.apply({"params": mae_params}, latent, ids_restore, pred_ids,
                             method=MaskedAutoencoder.decode)
-    return dict(pred=pred, mask=mask, ids_keep=ids_keep, attn=attn, hidden=hidden)
+    return dict(pred=pred, pred_ids=pred_ids, mask=mask, ids_keep=ids_keep, attn=attn,
+                hidden=hidden)
 
   def teacher_forward(self, teacher_params, images, ids_keep):
     """The frozen teacher on the student's visible tokens: dict(attn=..., hidden=...)."""
@@ -176,10 +181,11 @@ class DMAETask(MAETask):
 
   def loss(self, params, extra, batch, rng, step, frozen=None):
     images = batch["image"]
-    student = self.student_forward(params, images, batch["noise"], train=True, rng=rng)
+    student = self.student_forward(params, images, batch["noise"], train=True, rng=rng,
+                                   masked_only=True)
     teacher = self.teacher_forward(frozen["teacher"], images, student["ids_keep"])
-    target = mae_obj.patchify(images, self.model.patch_size)
-    mae_loss = mae_obj.mae_loss(student["pred"], target, student["mask"], self.norm_pix_loss)
+    mae_loss = mae_obj.masked_patch_loss(student["pred"], images, student["pred_ids"],
+                                         self.model.patch_size, self.norm_pix_loss)
     adapters = params.get("distill_adapters", {})
 
     def kernel(name):

@@ -32,8 +32,14 @@ def new_guard() -> dict:
 
 
 def _split_micro(x, k: int, mesh):
-  """(B, ...) -> (k, B/k, ...) with micro-batch j = rows j::k (keeps the data sharding)."""
-  x = x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
+  """(B, ...) -> (k, B/k, ...): micro-batch j takes the j-th contiguous 1/k of every device's rows.
+
+  Each device splits only its own rows, so the data sharding is kept without moving data, and
+  on one device the split is a free reshape (a strided split copied the whole batch).
+  """
+  d = mesh.shape[DATA_AXIS]
+  x = x.reshape((d, k, x.shape[0] // (d * k)) + x.shape[1:]).swapaxes(0, 1)
+  x = x.reshape((k, x.shape[1] * x.shape[2]) + x.shape[3:])
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, DATA_AXIS)))
 
 
