@@ -146,7 +146,10 @@ def prepare_jax_step(config):
     kw = model_kwargs(config.model.name, patch_size=config.model.patch_size)
     model_flops = b * mae_train_flops(kw, s, config.model.mask_ratio)
   dev = jax.devices()[0]
-  facts = dict(compile_s=compile_s, xla_flops_per_step=_flops(compiled),
+  xla_flops = _flops(compiled)
+  if xla_flops and accum > 1:  # XLA counts a loop body once; the micro-batch loop runs accum x
+    xla_flops *= accum
+  facts = dict(compile_s=compile_s, xla_flops_per_step=xla_flops,
                model_flops_per_step=model_flops, devices=mesh.size,
                device=f"{mesh.size}x {dev.device_kind}",
                peak=peak_flops(dev.device_kind, config.model.dtype) if dev.platform == "gpu" else None)

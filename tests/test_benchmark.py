@@ -45,3 +45,40 @@ def test_bench_jax_step_reports_the_documented_fields():
     assert rec[key] > 0
   assert rec["images_per_s"] == pytest.approx(8 / rec["step_time_s_median"])
   assert rec["mfu"] is None  # no peak FLOPs known for a CPU
+
+
+def test_benchmark_script_smoke_run_writes_every_field(tmp_path):
+  # The command line end to end at toy size: JAX step with CPU micro-batching, both PyTorch
+  # baselines (whole batch and the same accumulation), the JSON record and the table.
+  import json
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / "bench.json"
+  proc = subprocess.run(
+      [sys.executable, os.path.join(root, "scripts", "benchmark.py"), "--config",
+       os.path.join(root, "configs", "mae_tiny.py") + ":tiny", "--batch", "16", "--image_size",
+       "32", "--patch_size", "4", "--steps", "2", "--warmup", "1", "--compare_torch",
+       "--json", str(out)], capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  (rec,) = json.loads(out.read_text())
+  assert rec["micro_batch_size"] == benchmark.CPU_MICRO_BATCH  # the CPU default
+  for key in ("objective", "image_size", "batch", "step_time_s_median", "images_per_s",
+              "compile_s", "peak_mem_bytes", "torch_images_per_s", "torch_micro_images_per_s",
+              "jax_over_torch_speed", "model_flops_per_step", "xla_flops_per_step"):
+    assert rec[key], key
+  assert (rec["objective"], rec["image_size"], rec["batch"]) == ("mae", 32, 16)
+  best_torch = max(rec["torch_images_per_s"], rec["torch_micro_images_per_s"])
+  assert rec["jax_over_torch_speed"] == pytest.approx(rec["images_per_s"] / best_torch)
+  assert "jax_over_torch_speed" in proc.stdout  # the printed table
+
+
+def test_auto_micro_batch_only_for_mae_objectives_on_cpu():
+  assert benchmark.auto_micro_batch("mae", 32, "cpu") == 8
+  assert benchmark.auto_micro_batch("dmae", 64, "cpu") == 8
+  assert benchmark.auto_micro_batch("mocov3", 32, "cpu") == 0  # fewer negatives: not the same
+  assert benchmark.auto_micro_batch("mae", 1024, "gpu") == 0
+  assert benchmark.auto_micro_batch("mae", 8, "cpu") == 0 and benchmark.auto_micro_batch(
+      "mae", 12, "cpu") == 0
