@@ -2,7 +2,9 @@
 
   python scripts/benchmark.py --objective mae --batch 32 --image-size 224 --patch-size 16 \
       --steps 10 --compare-torch --json bench.json [--dtype bfloat16] [--attention cudnn] \
-      [--scan_blocks] [--remat]
+      [--scan-blocks] [--remat] [--micro-batch-size N]
+
+Flags take hyphens or underscores alike (--compare-torch = --compare_torch).
 
 One JSON record per measurement: objective, image_size, batch, step_time_s_median,
 images_per_s, compile_s, peak_mem_bytes (+ torch_images_per_s, mfu on GPU, pipeline_images_per_s).
@@ -146,6 +148,16 @@ def _print_table(records):
     print(" | ".join(fmt(r.get(c, "")) for c in cols))
 
 
+def parse_flags(argv):
+  """absl flags, also spelled with hyphens (--compare-torch, --image-size, ...)."""
+  def underscored(arg):
+    if not arg.startswith("--"):
+      return arg
+    name, eq, value = arg[2:].partition("=")
+    return "--" + name.replace("-", "_") + eq + value
+  return flags.FLAGS([underscored(a) for a in argv])
+
+
 if __name__ == "__main__":
   logging.set_verbosity(logging.WARNING)
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
