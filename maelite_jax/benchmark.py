@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maelite_jax.models.mae import num_kept
 from maelite_jax.train import mesh as mesh_lib
 from maelite_jax.train import optim
 from maelite_jax.train.step import TrainState, make_train_step
@@ -57,7 +58,7 @@ def vit_forward_flops(tokens: int, dim: int, depth: int, mlp_ratio: float = 4.0)
 def mae_train_flops(kw: dict, image_size: int, mask_ratio: float = 0.75) -> float:
   """Model FLOPs of one MAE training example: 3 x forward (backward costs two forwards)."""
   n = (image_size // kw["patch_size"])**2
-  keep = int(n * (1 - mask_ratio))
+  keep = num_kept(n, mask_ratio)
   patch_dim = kw["patch_size"]**2 * 3
   fwd = 2 * keep * patch_dim * kw["embed_dim"]  # patch embedding of the kept patches only
   fwd += vit_forward_flops(1 + keep, kw["embed_dim"], kw["depth"], kw.get("mlp_ratio", 4.0))

@@ -44,7 +44,7 @@ _CONFIG = flags.DEFINE_string("config", None, "config file[:variant] (default "
                               "configs/<objective>_tiny.py), e.g. configs/mae_tiny.py:cpu")
 
 
-def make_config(objective, batch, image_size, platform="cpu"):
+def make_config(objective, batch, image_size, platform):
   import importlib.util
   path, _, variant = (_CONFIG.value or os.path.join(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))), "configs", f"{objective}_tiny.py")).partition(":")
@@ -56,10 +56,9 @@ def make_config(objective, batch, image_size, platform="cpu"):
     if objective == "dmae" and not _CONFIG.value:
       config.teacher.init = random_teacher(config.teacher.name, _PATCH.value)
     config.batch_size = batch
-    config.micro_batch_size = _MICRO.value
-    if _MICRO.value < 0:
-      from maelite_jax.benchmark import auto_micro_batch
-      config.micro_batch_size = auto_micro_batch(objective, batch, platform)
+    from maelite_jax.benchmark import auto_micro_batch
+    config.micro_batch_size = (_MICRO.value if _MICRO.value >= 0 else
+                               auto_micro_batch(objective, batch, platform))
     config.model.image_size = image_size
     config.model.patch_size = _PATCH.value
     config.model.dtype = _DTYPE.value

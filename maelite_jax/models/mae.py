@@ -20,13 +20,17 @@ from maelite_jax.models.vit import (LN_EPS, Block, VisionTransformer, dense_init
                                     token_init)
 
 
+def num_kept(num_patches: int, mask_ratio: float) -> int:
+  """K, the visible patches per image: MAE's int(N * (1 - ratio))."""
+  return int(num_patches * (1 - mask_ratio))
+
+
 def random_masking_ids(noise, mask_ratio: float):
   """MAE's random masking from a noise array (B, N).
 
   Returns (ids_keep (B, K), ids_restore (B, N), mask (B, N) with 1 = removed), K = N*(1-ratio).
   """
-  n = noise.shape[1]
-  len_keep = int(n * (1 - mask_ratio))
+  len_keep = num_kept(noise.shape[1], mask_ratio)
   ids_shuffle = jnp.argsort(noise, axis=1)
   ids_restore = jnp.argsort(ids_shuffle, axis=1)
   ids_keep = ids_shuffle[:, :len_keep]
@@ -36,9 +40,10 @@ def random_masking_ids(noise, mask_ratio: float):
 
 
 def masked_patch_ids(noise, mask_ratio: float):
-  """(B, N - K) ids of the removed patches: the only ones MAE's loss looks at."""
-  len_keep = int(noise.shape[1] * (1 - mask_ratio))
-  return jnp.argsort(noise, axis=1)[:, len_keep:]
+  """(B, N - K) ids of the removed patches: the only ones MAE's loss looks at.
+
+  The argsort is the one of `random_masking_ids` (XLA computes it once in a jitted step)."""
+  return jnp.argsort(noise, axis=1)[:, num_kept(noise.shape[1], mask_ratio):]
 
 
 class MaskedAutoencoder(nn.Module):
