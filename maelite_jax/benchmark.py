@@ -17,7 +17,7 @@ import numpy as np
 from maelite_jax.models.mae import num_kept
 from maelite_jax.train import mesh as mesh_lib
 from maelite_jax.train import optim
-from maelite_jax.train.step import TrainState, make_train_step
+from maelite_jax.train.step import TrainState, jit_train_step, make_train_step
 
 # Dense peak FLOP/s per chip (bf16; fp32 matmuls on GPU run as TF32 by default in XLA).
 PEAK_FLOPS = {"H100": {"bfloat16": 989e12, "float32": 494.7e12},
@@ -130,8 +130,7 @@ def prepare_jax_step(config):
   batch = jax.device_put(batch, batch_sh)
   accum = max(1, b // config.micro_batch_size) if config.micro_batch_size else 1
   step_fn = make_train_step(task, tx, mesh, accum_steps=accum, base_rng_seed=0)
-  jitted = jax.jit(step_fn, in_shardings=(shardings, batch_sh, frozen_sh),
-                   out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+  jitted = jit_train_step(step_fn, mesh, shardings, frozen_sh)
   t0 = time.perf_counter()
   compiled = jitted.lower(state, batch, frozen).compile()
   compile_s = time.perf_counter() - t0

@@ -22,7 +22,7 @@ from maelite_jax.train import checkpoint as ckpt_lib
 from maelite_jax.train import mesh as mesh_lib
 from maelite_jax.train import optim
 from maelite_jax.train.metrics import MetricsLogger
-from maelite_jax.train.step import TrainState, make_train_step, new_guard
+from maelite_jax.train.step import TrainState, jit_train_step, make_train_step, new_guard
 from maelite_jax.train.validate import check_checkpoint_space, validate_config
 
 # Rollbacks that end at or before the step that caused the previous one (no progress) before the
@@ -100,14 +100,12 @@ class Trainer:
         self.state_shardings)
     step_fn = make_train_step(self.task, self.optimizer, self.mesh, accum_steps=self.accum,
                               base_rng_seed=self.config.seed)
-    batch_sh = mesh_lib.batch_sharding(self.mesh)
     # Frozen arrays (e.g. a distillation teacher) are arguments, never part of the saved state.
     frozen = self.task.frozen()
     self.frozen_shardings = mesh_lib.state_shardings(frozen, self.mesh, self.config.fsdp_regex)
     self.frozen = jax.device_put(frozen, self.frozen_shardings)
-    self.train_step = jax.jit(
-        step_fn, in_shardings=(self.state_shardings, batch_sh, self.frozen_shardings),
-        out_shardings=(self.state_shardings, mesh_lib.replicated(self.mesh)), donate_argnums=0)
+    self.train_step = jit_train_step(step_fn, self.mesh, self.state_shardings,
+                                     self.frozen_shardings)
 
   def meta(self) -> dict:
     return {"model": self.task.model_meta, "objective": self.config.objective,

@@ -1,8 +1,9 @@
 """The jitted training step: per-example randomness, gradient accumulation, optimizer update.
 
 Per-example random arrays (e.g. MAE masking noise) are drawn for the whole global batch before
-it is split into micro-batches, and micro-batch j takes rows j, j+k, j+2k, ... so that every
-micro-batch stays spread over all devices; the averaged gradients then equal one full-batch step.
+it is split into micro-batches, and micro-batch j takes the j-th contiguous slice of every
+device's rows, so that it stays spread over all devices; the averaged gradients then equal one
+full-batch step.
 A NaN/Inf loss or gradient never reaches the params: the update is skipped inside the step and
 flagged in the metrics (`nonfinite`), and the loop decides what to do (config.nonfinite_policy).
 """
@@ -13,7 +14,13 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from maelite_jax.train import mesh as mesh_lib
 from maelite_jax.train.mesh import DATA_AXIS
+
+# XLA:CPU's default copy insertion copies every donated optimizer moment once per step (the
+# non-finite guard reads the old moments after the update that overwrites them in place; ~350
+# copies, ~45 ms of a ViT-Tiny CPU step). Its region analysis proves the order safe and drops them.
+CPU_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
 @flax.struct.dataclass
@@ -102,3 +109,12 @@ def make_train_step(task, optimizer, mesh, *, accum_steps: int = 1, base_rng_see
     return new_state, metrics
 
   return step_fn
+
+
+def jit_train_step(step_fn, mesh, state_shardings, frozen_shardings):
+  """jax.jit of a make_train_step function: sharded, state donated, CPU copy insertion tuned."""
+  on_cpu = mesh.devices.flat[0].platform == "cpu"
+  return jax.jit(step_fn,
+                 in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh), frozen_shardings),
+                 out_shardings=(state_shardings, mesh_lib.replicated(mesh)), donate_argnums=0,
+                 compiler_options=CPU_COMPILER_OPTIONS if on_cpu else None)
