@@ -102,7 +102,9 @@ def prepare_jax_step(config):
   one_step runs one step on a fixed synthetic device batch and blocks until it is done.
   """
   from maelite_jax import tasks as tasks_lib
+  from maelite_jax.train.validate import validate_config
   mesh = mesh_lib.make_mesh()
+  validate_config(config, num_devices=mesh.size)  # e.g. a micro-batch that does not divide
   task = tasks_lib.build_task(config)
   b, s = config.batch_size, config.model.image_size
   example = {"image": jnp.zeros((1, s, s, 3), jnp.float32)}

@@ -95,6 +95,7 @@ def main(argv):
   del argv
   import jax
   from maelite_jax import benchmark
+  from maelite_jax.utils import cli
   records = []
   for image_size in map(int, _IMAGE.value):
     for batch in map(int, _BATCH.value):
@@ -105,7 +106,7 @@ def main(argv):
                  scan_blocks=_SCAN.value, remat=_REMAT.value, micro_batch_size=micro,
                  jax_version=jax.__version__)
       fns = {}
-      fns["jax"], facts = benchmark.prepare_jax_step(config)
+      fns["jax"], facts = cli.guarded(benchmark.prepare_jax_step, config)
       if _TORCH.value and _OBJECTIVE.value == "mae":
         from maelite_jax.models import model_kwargs
         kw = model_kwargs(config.model.name, patch_size=_PATCH.value)

@@ -73,3 +73,14 @@ def test_auto_micro_batch_only_for_mae_objectives_on_cpu():
   assert benchmark.auto_micro_batch("mae", 1024, "gpu") == 0
   assert benchmark.auto_micro_batch("mae", 8, "cpu") == 0 and benchmark.auto_micro_batch(
       "mae", 12, "cpu") == 0
+
+
+def test_benchmark_rejects_a_micro_batch_that_does_not_divide_the_batch():
+  # Checked before anything is compiled; else JAX would silently use another micro-batch than
+  # the PyTorch baseline it is compared with.
+  from configs import mae_tiny
+  from maelite_jax.train.validate import ConfigError
+  config = mae_tiny.get_config("tiny")
+  config.batch_size, config.micro_batch_size = 16, 6
+  with pytest.raises(ConfigError, match="micro_batch_size: 6 does not divide batch_size=16"):
+    benchmark.prepare_jax_step(config)
