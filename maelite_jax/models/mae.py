@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from maelite_jax.models.posemb import sincos_2d
-from maelite_jax.models.vit import (LN_EPS, Block, VisionTransformer, dense_init, take_tokens,
-                                    token_init)
+from maelite_jax.models.vit import (LN_EPS, Block, VisionTransformer, dense_init, on_tokens,
+                                    take_tokens, token_init)
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
@@ -97,7 +97,7 @@ class MaskedAutoencoder(nn.Module):
     every token; the norm and the linear head work per token, so this is the same function for
     the patches it returns, and training asks only for the masked 75 % that the loss reads.
     """
-    x = self.decoder_embed(latent)
+    x = on_tokens(self.decoder_embed, latent)
     b, n = ids_restore.shape
     n_mask = n + 1 - x.shape[1]
     mask_tokens = jnp.broadcast_to(self.mask_token.astype(x.dtype), (b, n_mask, x.shape[-1]))
@@ -111,7 +111,7 @@ class MaskedAutoencoder(nn.Module):
     x = x[:, 1:]
     if pred_ids is not None:
       x = take_tokens(x, pred_ids)
-    return self.decoder_pred(self.decoder_norm(x))
+    return on_tokens(self.decoder_pred, self.decoder_norm(x))
 
   def __call__(self, images, noise=None, *, train: bool = False,
                return_tokens: Sequence[int] = (), return_attn_logits: Sequence[int] = (),

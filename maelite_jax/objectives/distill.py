@@ -12,6 +12,8 @@ from typing import Sequence
 
 import jax.numpy as jnp
 
+from maelite_jax.models.vit import on_tokens
+
 
 def mse(a, b):
   """Mean squared error over all elements (torch.nn.MSELoss with reduction='mean')."""
@@ -29,7 +31,7 @@ def adapt_tokens(tokens, kernel=None):
   """(B, T, D_s) x (D_s, D_t) -> (B, T, D_t): the bias-free linear adapter; None = identity."""
   if kernel is None:
     return tokens
-  return tokens.astype(jnp.float32) @ kernel.astype(jnp.float32)
+  return on_tokens(lambda t: t @ kernel.astype(jnp.float32), tokens.astype(jnp.float32))
 
 
 def attn_distill_loss(student_logits, teacher_logits, kernel=None):
