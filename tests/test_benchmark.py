@@ -84,3 +84,25 @@ def test_benchmark_rejects_a_micro_batch_that_does_not_divide_the_batch():
   config.batch_size, config.micro_batch_size = 16, 6
   with pytest.raises(ConfigError, match="micro_batch_size: 6 does not divide batch_size=16"):
     benchmark.prepare_jax_step(config)
+
+
+def test_benchmark_step_needs_no_tensorflow():
+  # GPU machines often lack tensorflow: building and checking the synthetic-data step must not
+  # import it (only --pipeline reads data).
+  import subprocess
+  import sys
+  code = (
+      "import builtins\n"
+      "real = builtins.__import__\n"
+      "def guard(name, *a, **k):\n"
+      "  if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):\n"
+      "    raise ModuleNotFoundError(name)\n"
+      "  return real(name, *a, **k)\n"
+      "builtins.__import__ = guard\n"
+      "from configs import mae_tiny\n"
+      "from maelite_jax import benchmark\n"
+      "from maelite_jax.train.validate import validate_config\n"
+      "validate_config(mae_tiny.get_config(), num_devices=1, check_data=False)\n")
+  root = __file__.rsplit("/tests/", 1)[0]
+  out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]

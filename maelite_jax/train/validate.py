@@ -4,7 +4,6 @@ import os
 import shutil
 import tempfile
 
-from maelite_jax import data as data_lib
 from maelite_jax.models import list_models
 
 
@@ -19,7 +18,9 @@ def _fail(key: str, problem: str, fix: str):
   raise ConfigError(f"config.{key}: {problem}. {fix}")
 
 
-def validate_config(config, *, num_devices: int, workdir: str | None = None):
+def validate_config(config, *, num_devices: int, workdir: str | None = None,
+                    check_data: bool = True):
+  """check_data=False skips config.data (the benchmark's synthetic batches; no tf.data import)."""
   m = config.model
   if m.name not in list_models():
     _fail("model.name", f"unknown model {m.name!r}", f"Use one of: {', '.join(list_models())}.")
@@ -49,10 +50,12 @@ def validate_config(config, *, num_devices: int, workdir: str | None = None):
   for key in ("log_every", "checkpoint_every"):
     if config[key] <= 0:
       _fail(key, f"{config[key]} is not positive", "Use a step interval >= 1.")
-  try:
-    data_lib.validate_data_config(config.data)
-  except ValueError as e:
-    raise ConfigError(f"config.data: {e}") from None
+  if check_data:
+    from maelite_jax import data as data_lib  # imports tensorflow: only where data is read
+    try:
+      data_lib.validate_data_config(config.data)
+    except ValueError as e:
+      raise ConfigError(f"config.data: {e}") from None
   if config.init and not os.path.exists(os.path.expanduser(config.init)):
     _fail("init", f"{config.init} does not exist",
           "Pass a workdir, WORKDIR/checkpoints or a step folder, or leave it empty.")
