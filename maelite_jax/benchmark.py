@@ -104,7 +104,9 @@ def prepare_jax_step(config):
   from maelite_jax import tasks as tasks_lib
   from maelite_jax.train.validate import validate_config
   mesh = mesh_lib.make_mesh()
-  validate_config(config, num_devices=mesh.size, check_data=False)  # e.g. a micro-batch that does not divide
+  # Bad settings (e.g. a micro-batch that does not divide the batch) fail before compiling; the
+  # data config is not checked: the benchmark feeds synthetic batches.
+  validate_config(config, num_devices=mesh.size, check_data=False)
   task = tasks_lib.build_task(config)
   b, s = config.batch_size, config.model.image_size
   example = {"image": jnp.zeros((1, s, s, 3), jnp.float32)}

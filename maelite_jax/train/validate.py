@@ -20,7 +20,10 @@ def _fail(key: str, problem: str, fix: str):
 
 def validate_config(config, *, num_devices: int, workdir: str | None = None,
                     check_data: bool = True):
-  """check_data=False skips config.data (the benchmark's synthetic batches; no tf.data import)."""
+  """Raises ConfigError naming the bad key and its fix before anything is built.
+
+  check_data=False skips config.data (and its tensorflow import): for synthetic batches.
+  """
   m = config.model
   if m.name not in list_models():
     _fail("model.name", f"unknown model {m.name!r}", f"Use one of: {', '.join(list_models())}.")
