@@ -12,10 +12,12 @@ ARGS ?=
 
 .PHONY: pretrain test venv venv-test benchmark clean
 
-$(VENV)/.core: requirements.txt
+$(VENV)/.core: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	# the package itself, editable (its dependencies are the pinned ones above)
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core requirements-test.txt

@@ -1,19 +1,6 @@
-"""Few-shot ridge regression (1/5/10/25 shots, several seeds) on frozen features; results.csv.
+"""Ridge few-shot of a frozen encoder (the config's fewshot evaluator) (`python -m maelite_jax.commands.evaluate`; see that module for the flags)."""
 
-  python scripts/fewshot.py --config configs/linprobe_tiny.py:cpu --workdir runs/eval_cpu
-  python scripts/fewshot.py --config configs/linprobe_tiny.py \
-      --config.init=runs/mae_tiny_in1k --workdir runs/eval_in1k
-
---config.init='' evaluates a randomly initialised encoder (the baseline). scripts/linprobe.py
-and scripts/knn.py take the same config and share the cached features of a workdir.
-"""
-
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from maelite_jax.utils import cli  # noqa: E402
+from maelite_jax.commands.evaluate import fewshot
 
 if __name__ == "__main__":
-  cli.run_protocol("fewshot")
+  fewshot()

@@ -9,13 +9,7 @@ import numpy as np
 
 def override(config, **overrides):
   """Returns `config` with dotted-key overrides applied ('optim.base_lr' = 1e-3, ...)."""
-  with config.unlocked():
-    for key, value in overrides.items():
-      node = config
-      *parents, leaf = key.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 

@@ -1,6 +1,6 @@
 """One process of the 2-process CPU test in test_reliability.py (not a test itself).
 
-  python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR OUT_DIR
+  python -m tests.multihost_worker PROCESS_ID NUM_PROCESSES PORT WORKDIR OUT_DIR
 
 Starts multi-host JAX through the same helper as scripts/pretrain.py, trains the tiny MAE with
 a stop after step 2, resumes from that checkpoint and trains until the test sends SIGTERM to one
@@ -13,10 +13,8 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import numpy as np  # noqa: E402
-from absl import logging  # noqa: E402
+import numpy as np
+from absl import logging
 
 
 def main(process_id, num_processes, port, workdir, out_dir):
@@ -25,7 +23,7 @@ def main(process_id, num_processes, port, workdir, out_dir):
                                       num_processes=num_processes, process_id=process_id)
   import jax
   from maelite_jax import data as data_lib
-  from maelite_jax.train.loop import Trainer
+  from maelite_jax.run import build_trainer
   from tests.test_reliability import tiny_config
 
   rows = {}
@@ -39,8 +37,8 @@ def main(process_id, num_processes, port, workdir, out_dir):
       yield batch
 
   data_lib.build_train_iterator = recording
-  config = tiny_config(num_vis_images=4, eval_every=3)
-  trainer = Trainer(config, workdir)
+  config = tiny_config(**{"evals.reconstruction.every": 3})
+  trainer = build_trainer(config, workdir)
   trainer.run(stop_at=2)
   trainer.run()  # until preempted
   final = int(jax.device_get(trainer.state.step))

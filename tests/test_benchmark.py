@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from maelite_jax import benchmark
+from maelite_jax.bench import step as benchmark
 from maelite_jax.models import create_model, model_kwargs
 
 
@@ -78,7 +78,7 @@ def test_auto_micro_batch_only_for_mae_objectives_on_cpu():
 def test_benchmark_rejects_a_micro_batch_that_does_not_divide_the_batch():
   # Checked before anything is compiled; else JAX would silently use another micro-batch than
   # the PyTorch baseline it is compared with.
-  from configs import mae_tiny
+  from maelite_jax.configs import mae_tiny
   from maelite_jax.train.validate import ConfigError
   config = mae_tiny.get_config("tiny")
   config.batch_size, config.micro_batch_size = 16, 6
@@ -99,8 +99,8 @@ def test_benchmark_step_needs_no_tensorflow():
       "    raise ModuleNotFoundError(name)\n"
       "  return real(name, *a, **k)\n"
       "builtins.__import__ = guard\n"
-      "from configs import mae_tiny\n"
-      "from maelite_jax import benchmark\n"
+      "from maelite_jax.configs import mae_tiny\n"
+      "from maelite_jax.bench import step as benchmark\n"
       "from maelite_jax.train.validate import validate_config\n"
       "validate_config(mae_tiny.get_config(), num_devices=1, check_data=False)\n")
   root = __file__.rsplit("/tests/", 1)[0]

@@ -23,7 +23,7 @@ def pretrain(workdir, *overrides):
 def workdir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("cli"))
   proc = pretrain(path, "--config.total_steps=4", "--config.checkpoint_every=2",
-                  "--config.log_every=2", "--config.num_vis_images=4")
+                  "--config.log_every=2", "--config.evals.reconstruction.every=0")
   assert proc.returncode == 0, proc.stderr[-3000:]
   return path, proc.stderr
 
@@ -43,7 +43,7 @@ def test_workdir_holds_checkpoints_metrics_events_and_figure(workdir):
 
 def test_rerun_of_a_finished_run_resumes_and_does_nothing(workdir):
   path, _ = workdir
-  proc = pretrain(path, "--config.total_steps=4", "--config.num_vis_images=0")
+  proc = pretrain(path, "--config.total_steps=4")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "resuming from" in proc.stderr
   rows = [json.loads(line) for line in open(os.path.join(path, "metrics.jsonl"))]
@@ -65,16 +65,18 @@ def test_evaluate_runs_every_protocol_from_a_pretraining_workdir(workdir, tmp_pa
   """scripts/evaluate.py: fine-tune + k-NN + linear of the CLI's MAE run and of a random
   encoder, every row collected into one results.csv and printed."""
   path, _ = workdir
-  cmd = [sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"), "--init", path,
-         "--workdir", str(tmp_path), "--variant", "tiny", "--protocols", "finetune,knn,linear",
-         "--baseline"]
+  cmd = [sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"),
+         "--config", os.path.join(ROOT, "configs", "linprobe_tiny.py:tiny"),
+         "--finetune_config", os.path.join(ROOT, "configs", "finetune_tiny.py:tiny"),
+         f"--config.init={path}", "--workdir", str(tmp_path), "--config.evals.fewshot.every=-1",
+         "--config.evals.knn.baseline=True", "--config.evals.linear.baseline=True"]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  from maelite_jax.evaluate import results
-  rows = results.read_rows(str(tmp_path))
+  from maelite_jax.train import results
+  rows = [r for r in results.read_rows(str(tmp_path)) if r["metric"] == "top1"]
   # finetune + finetune-best of the MAE run; linear + knn of it and of a random encoder
-  assert sorted(r["protocol"].split("@")[0] for r in rows) == [
+  assert sorted(r["protocol"] for r in rows) == [
       "finetune", "finetune-best", "knn-k20", "knn-k20", "linear", "linear"]
   assert sum(r["pretrain"] == "random-init" for r in rows) == 2
-  assert all(0.0 <= float(r["top1"]) <= 100.0 for r in rows)
+  assert all(0.0 <= float(r["value"]) <= 100.0 for r in rows)
   assert "knn-k20" in proc.stdout and "finetune" in proc.stdout  # the printed table

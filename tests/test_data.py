@@ -12,12 +12,13 @@ from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image
 
 from maelite_jax import data
+from maelite_jax.configs import common
 from maelite_jax.data import fashion_mnist_builtin
 from maelite_jax.data import sources
 from maelite_jax.data import transforms
 
-MEAN = np.array(data.IMAGENET_MEAN, np.float32)
-STD = np.array(data.IMAGENET_STD, np.float32)
+MEAN = np.array(common.IMAGENET_MEAN, np.float32)
+STD = np.array(common.IMAGENET_STD, np.float32)
 
 
 @pytest.fixture(scope='module')
@@ -60,8 +61,14 @@ def folder(tmp_path_factory):
   return root
 
 
-def _cfg(**kw):
-  return ml_collections.ConfigDict(kw)
+def _cfg(crop_scale=None, interpolation='bicubic', eval_crop_pct=None, **kw):
+  """A full data config (the project's keys) with the test's changes."""
+  cfg = common.data_config(**kw)
+  cfg.train_ops = common.crop_flip_ops(scale=crop_scale or (0.08, 1.0),
+                                       interpolation=interpolation)
+  if eval_crop_pct is not None:
+    cfg.eval_ops = common.eval_ops(crop_pct=eval_crop_pct)
+  return cfg
 
 
 def _folder_cfg(root, **kw):
@@ -216,27 +223,27 @@ def test_cache_serves_later_epochs(folder, tmp_path, mesh):
 
 
 def test_validate_accepts_good_configs(folder, builtin_dir):
-  data.validate_data_config(_cfg(data_dir=builtin_dir))
-  data.validate_data_config(_folder_cfg(folder, crop_scale=(0.2, 1.0)))
+  data.validate_data_config(_cfg(data_dir=builtin_dir), 32)
+  data.validate_data_config(_folder_cfg(folder, crop_scale=(0.2, 1.0)), 32)
 
 
 @pytest.mark.parametrize('cfg_kw, key, words', [
     (dict(dataset='no_such_dataset_xyz'), 'data.dataset', 'not a registered tfds'),
     (dict(eval_split='validation'), 'data.eval_split', "'validation' does not exist"),
-    (dict(crop_scale=(0.5, 0.2)), 'data.crop_scale', 'interval'),
+    (dict(crop_scale=(0.5, 0.2)), 'data.train_ops', 'interval'),
     (dict(std=(1.0, 1.0)), 'data.std', '3 per-channel'),
-    (dict(interpolation='nearest'), 'data.interpolation', 'unknown'),
+    (dict(interpolation='nearest'), 'data.train_ops', 'unknown'),
 ])
 def test_validate_rejects(cfg_kw, key, words):
   with pytest.raises(ValueError, match='Fix:') as info:
-    data.validate_data_config(_cfg(**cfg_kw))
+    data.validate_data_config(_cfg(**cfg_kw), 32)
   assert key in str(info.value) and words in str(info.value)
 
 
 def test_validate_rejects_folders(folder, tmp_path):
   def error(cfg):
     with pytest.raises(ValueError) as info:
-      data.validate_data_config(cfg)
+      data.validate_data_config(cfg, 32)
     return str(info.value)
 
   assert 'does not exist' in error(_folder_cfg(tmp_path / 'missing'))

@@ -9,16 +9,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import dmae_tiny
-from maelite_jax.analysis.representations import encoder_from_checkpoint
+from maelite_jax.configs import dmae_tiny
+from maelite_jax.models.meta import CheckpointMeta, encoder_from_meta
 from maelite_jax.models import create_model
 from maelite_jax.objectives import distill
 from maelite_jax.objectives.mae import mae_forward_loss
-from maelite_jax.tasks import build_task
+from maelite_jax.run import build_trainer
+from maelite_jax.tasks.registry import build as build_task
 from maelite_jax.tasks.dmae import encode
 from maelite_jax.train.checkpoint import load_params, save_params
-from maelite_jax.train.loop import Trainer
-from maelite_jax.train.validate import ConfigError
+from maelite_jax.utils.errors import ConfigError
 from tests.helpers import override
 
 SMALL = dict(depth=2, image_size=32, patch_size=4)
@@ -48,7 +48,6 @@ def dmae_config(teacher, **overrides):
     config.optim.eps = 1e-6  # see tests/test_train.py: keeps 8 vs 1 device comparisons exact
     config.log_every = 1
     config.checkpoint_every = 100
-    config.num_vis_images = 0
     config.distill.hidden_student_layers = (1, -1)
     config.distill.hidden_teacher_layers = (1, -1)
   return override(config, **overrides)
@@ -56,8 +55,7 @@ def dmae_config(teacher, **overrides):
 
 def example(task, batch_size=4, seed=0):
   images = jax.random.normal(jax.random.key(seed), (batch_size, 32, 32, 3))
-  batch = {"image": images}
-  batch.update(task.per_example_random(jax.random.key(seed + 1), batch))
+  batch = task.prepare_batch(jax.random.key(seed + 1), {"image": images})
   return batch
 
 
@@ -113,7 +111,7 @@ def test_adapters_live_in_student_params(task_and_params):
   shapes = jax.tree.map(lambda x: x.shape, params["distill_adapters"])
   assert shapes == {"attn_s2_t2": {"kernel": (12, 5)}, "hidden_s1_t1": {"kernel": (192, 80)},
                     "hidden_s2_t2": {"kernel": (192, 80)}}
-  assert "decoder_embed" not in task.teacher_params  # an MAE checkpoint gives its encoder
+  assert "decoder_embed" not in task.frozen["teacher"]  # an MAE checkpoint gives its encoder
 
 
 def test_teacher_sees_the_students_tokens(task_and_params, tmp_path):
@@ -136,7 +134,7 @@ def test_teacher_sees_the_students_tokens(task_and_params, tmp_path):
     loss, (metrics, _) = task.loss(params, {}, batch, jax.random.key(0), 0, frozen)
     return student, teacher, metrics
 
-  student, teacher, metrics = run(params, task.frozen(), batch)
+  student, teacher, metrics = run(params, task.frozen, batch)
   for kind, layers in (("attn", (1, 2)), ("hidden", (0, 1, 2))):
     for i in layers:
       np.testing.assert_allclose(student[kind][i], teacher[kind][i], atol=1e-5, rtol=1e-5)
@@ -161,7 +159,7 @@ def _all_shapes(jaxpr, out, skip=("stop_gradient",)):
 
 def test_no_gradient_is_computed_for_the_teacher(task_and_params):
   task, params = task_and_params
-  frozen = task.frozen()
+  frozen = task.frozen
   batch = example(task)
   teacher_shapes = {x.shape for x in jax.tree.leaves(frozen) if x.ndim >= 2 and 1 not in x.shape}
   assert (80, 240) in teacher_shapes and (320, 80) in teacher_shapes
@@ -203,7 +201,7 @@ def test_d2_block_is_only_trained_by_distillation(teacher_dir):
   batch = example(task)
 
   def loss_terms(p):
-    return task.loss(p, {}, batch, jax.random.key(0), 0, task.frozen())[1][0]
+    return task.loss(p, {}, batch, jax.random.key(0), 0, task.frozen)[1][0]
 
   g_mae, g_attn = jax.jit(lambda p: (jax.grad(lambda q: loss_terms(q)["mae_loss"])(p),
                                       jax.grad(lambda q: loss_terms(q)["attn_distill_loss"])(p)))(
@@ -222,7 +220,7 @@ def test_d2_block_is_only_trained_by_distillation(teacher_dir):
 @pytest.fixture(scope="module")
 def run_8dev(teacher_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("dmae8"))
-  trainer = Trainer(dmae_config(teacher_dir), workdir)
+  trainer = build_trainer(dmae_config(teacher_dir), workdir)
   trainer.run()
   return trainer, workdir
 
@@ -243,7 +241,7 @@ def test_short_run_lowers_the_loss_and_logs_every_term(run_8dev):
 def test_teacher_is_frozen_and_not_checkpointed(run_8dev, teacher_dir):
   trainer, workdir = run_8dev
   loaded, _ = load_params(teacher_dir)
-  for a, b in zip(jax.tree.leaves(loaded["encoder"]), jax.tree.leaves(trainer.frozen["teacher"])):
+  for a, b in zip(jax.tree.leaves(loaded["encoder"]), jax.tree.leaves(trainer.program.frozen["teacher"])):
     np.testing.assert_array_equal(a, np.asarray(jax.device_get(b)))  # bit-identical
   params, meta = load_params(workdir)
   assert set(params) == set(trainer.state.params)
@@ -255,14 +253,14 @@ def test_teacher_is_frozen_and_not_checkpointed(run_8dev, teacher_dir):
   saved_shapes = {tuple(m.shape) for m in jax.tree.leaves(saved) if hasattr(m, "shape")}
   assert (80, 240) not in saved_shapes and (4, 4, 3, 80) not in saved_shapes
   # Downstream tools still read the encoder as a plain ViT.
-  model, enc = encoder_from_checkpoint(params, meta)
+  model, enc = encoder_from_meta(CheckpointMeta.from_dict(meta), params)
   out, _ = model.apply({"params": enc}, jnp.zeros((1, 32, 32, 3)))
   assert out.shape == (1, 65, 192)
 
 
 def test_8_devices_equal_1_device(run_8dev, teacher_dir, tmp_path):
   _, workdir8 = run_8dev
-  Trainer(dmae_config(teacher_dir), str(tmp_path), devices=jax.devices()[:1]).run(stop_at=3)
+  build_trainer(dmae_config(teacher_dir), str(tmp_path), devices=jax.devices()[:1]).run(stop_at=3)
   got, want = read_metrics(str(tmp_path)), read_metrics(workdir8)
   assert sorted(got) == [1, 2, 3]
   for step in (1, 2, 3):
@@ -292,4 +290,4 @@ def test_default_config_is_the_paper_recipe():
 ])
 def test_bad_dmae_config_fails_with_a_named_key(teacher_dir, tmp_path, key, value, match):
   with pytest.raises(ConfigError, match=match):
-    Trainer(dmae_config(teacher_dir, **{key: value}), str(tmp_path))
+    build_trainer(dmae_config(teacher_dir, **{key: value}), str(tmp_path))

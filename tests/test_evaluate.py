@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import finetune_tiny, linprobe_tiny
+from maelite_jax.configs import finetune_tiny, linprobe_tiny
 from maelite_jax.data import autoaugment
-from maelite_jax.evaluate import accuracy, fewshot, knn, linear, protocols, results
+from maelite_jax.data import ops as ops_lib
+from maelite_jax.evaluate import accuracy, fewshot, knn, linear, offline
 from maelite_jax.objectives import classification as cls
+from maelite_jax.train import results
 from maelite_jax.tasks.classification import classifier_from_config
 from maelite_jax.train.layer_decay import layer_decay_multipliers
 from maelite_jax.train.mesh import make_mesh, path_str
@@ -113,7 +115,7 @@ def test_randaugment_ops_keep_shape_and_range():
   b = autoaugment.rand_augment(image, tf.constant([3, 4], tf.int64), policy)
   np.testing.assert_array_equal(a, b)  # a pure function of its seed
   with pytest.raises(ValueError, match="randaugment"):
-    autoaugment.validate({"randaugment": "rand-x9"})
+    ops_lib.build("randaugment", {"spec": "rand-x9"}, 32)
 
 
 def test_randaugment_solarize_posterize_values():
@@ -140,10 +142,12 @@ def random_classifier():
 def test_padded_eval_exact_on_8_and_1_devices(random_classifier):
   config, model, params = random_classifier
   split = "test[:10]"  # 10 examples: not divisible by the batch (8) or the 8 devices
-  fn = accuracy.logits_of(model)
-  got = {n: accuracy.evaluate_classifier(fn, params, config.data, image_size=32, batch_size=8,
-                                         mesh=make_mesh(jax.devices()[:n]), split=split)
-         for n in (8, 1)}
+  fn = lambda p, x: model.apply({"params": p}, x, train=False)[0]
+  got = {}
+  for n in (8, 1):
+    mesh = make_mesh(jax.devices()[:n])
+    got[n] = accuracy.evaluate_classifier(accuracy.make_count_fn(fn, mesh), params, config.data,
+                                          image_size=32, batch_size=8, mesh=mesh, split=split)
   # Reference: one unpadded numpy pass over the same 10 images.
   from maelite_jax import data as data_lib
   batch = next(iter(data_lib.build_eval_iterator(config.data, image_size=32, global_batch_size=10,
@@ -228,7 +232,7 @@ def test_linear_probe_with_lars_separates_blobs():
   centres = rng.normal(size=(3, 12)) * 3
   y = np.repeat(np.arange(3), 100)
   x = (centres[y] + rng.normal(size=(300, 12))).astype(np.float32)
-  optim_cfg = linprobe_tiny.get_config("tiny").linear.optim
+  optim_cfg = linprobe_tiny.get_config("tiny").evals.linear.optim
   head, norm, hist = linear.train_linear_probe(x, y, 3, optim_cfg, epochs=20, batch_size=64)
   assert hist[-1] < hist[0]
   assert linear.probe_accuracy(head, norm, x, y)["top1"] > 0.97
@@ -239,28 +243,31 @@ def test_linear_probe_with_lars_separates_blobs():
 def test_protocols_share_cached_features(tmp_path):
   config = linprobe_tiny.get_config("tiny")
   mesh = make_mesh(jax.devices()[:1])
-  acc = protocols.run_knn(config, str(tmp_path), mesh)
-  assert acc["top1"] > 0.3  # even random ViT features beat chance (0.1) with k-NN
+  run = lambda name: offline.evaluate_checkpoint(config, str(tmp_path), [name], mesh)[name]
+  acc = run("knn")
+  assert acc["knn_top1"] > 0.3  # even random ViT features beat chance (0.1) with k-NN
   files = list((tmp_path / "features").iterdir())
   assert len(files) == 2  # train and eval features, reused below
-  lin = protocols.run_linear(config, str(tmp_path), mesh)
-  fs = protocols.run_fewshot(config, str(tmp_path), mesh)
-  assert lin["top1"] > 0.3 and set(fs) == {1, 5}
+  lin, fs = run("linear"), run("fewshot")
+  assert lin["linear_top1"] > 0.3 and set(fs) == {"fewshot_1shot", "fewshot_5shot"}
   assert len(list((tmp_path / "features").iterdir())) == 2
-  rows = results.read_rows(str(tmp_path))
-  assert [r["protocol"] for r in rows] == ["knn-k20", "linear", "fewshot-1shot", "fewshot-5shot"]
+  rows = [r for r in results.read_rows(str(tmp_path)) if r["metric"].startswith("top1")]
+  assert [(r["protocol"], r["metric"]) for r in rows] == [
+      ("knn-k20", "top1"), ("linear", "top1"), ("fewshot", "top1@1shot"),
+      ("fewshot", "top1@5shot")]
   assert all(r["pretrain"] == "random-init" and r["dataset"] == "fashion_mnist_builtin"
              for r in rows)
 
 
 def test_results_csv_rows(tmp_path):
-  results.append_row(str(tmp_path), model="vit", pretrain="mae:x", protocol="linear",
-                     dataset="d", top1=0.5, top5=0.9, echo=False)
-  results.append_row(str(tmp_path), model="vit", pretrain="", protocol="knn", dataset="d",
-                     top1=0.25, echo=False)
+  results.append_rows(str(tmp_path), [
+      dict(model="vit", pretrain="mae:x", protocol="linear", dataset="d", metric="top1",
+           value=0.5),
+      dict(model="vit", protocol="knn", dataset="d", metric="top1", value=0.25, step=7)])
   rows = results.read_rows(str(tmp_path))
-  assert [(r["protocol"], r["top1"], r["top5"], r["pretrain"]) for r in rows] == [
-      ("linear", "50.00", "90.00", "mae:x"), ("knn", "25.00", "", "scratch")]
+  assert [(r["protocol"], r["metric"], r["value"], r["pretrain"], r["step"]) for r in rows] == [
+      ("linear", "top1", "50.00", "mae:x", ""), ("knn", "top1", "25.00", "scratch", "7")]
   table = results.format_table(rows)
-  assert table.splitlines()[0].split()[:4] == ["model", "pretrain", "protocol", "dataset"]
+  assert table.splitlines()[0].split()[:6] == ["model", "pretrain", "protocol", "dataset",
+                                              "metric", "value"]
   assert len(table.splitlines()) == 4

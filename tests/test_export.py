@@ -6,7 +6,7 @@ Params are random (not init's) so that zero biases and unit norms cannot hide a 
 """
 
 import functools
-import importlib.util
+import importlib
 import json
 import os
 import sys
@@ -19,14 +19,14 @@ from absl import flags
 
 import torch  # noqa: E402
 
-from maelite_jax.export.torchvision_stub import install_torchvision_stub  # noqa: E402
+from tests.torch_stubs import install_torchvision_stub  # noqa: E402
 
 install_torchvision_stub()
 import timm  # noqa: E402
 from timm.layers import resample_abs_pos_embed  # noqa: E402
 
 from maelite_jax import export  # noqa: E402
-from maelite_jax.export.torch_mae import TorchMAE  # noqa: E402
+from maelite_jax.bench.torch_mae import TorchMAE  # noqa: E402
 from maelite_jax.models.posemb import sincos_2d  # noqa: E402
 from maelite_jax.models.registry import create_model  # noqa: E402
 from maelite_jax.objectives.mae import mae_forward_loss, mae_loss, patchify  # noqa: E402
@@ -252,18 +252,12 @@ def test_import_files_with_wrappers_and_prefixes(tmp_path):
 
 # ------------------------------------------------------------------------------------- scripts
 
-def _script(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def _run_script(name, *args):
-  module = _script(name)
+  """The command's main on its own flag values (the module defines no global flags)."""
+  module = importlib.import_module(f"maelite_jax.commands.{name}")
   fv = flags.FlagValues()
   module.define_flags(fv)
-  module.main(fv([name + ".py", *args]), fv)
+  module._main(fv([name + ".py", *args]), fv)
 
 
 @pytest.fixture(scope="module")

@@ -9,25 +9,25 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import finetune_tiny, mae_tiny
-from maelite_jax.evaluate import features, results
+from maelite_jax.configs import common, finetune_tiny, mae_tiny
+from maelite_jax.evaluate import features
+from maelite_jax.models.meta import CheckpointMeta, model_from_config
 from maelite_jax.models.posemb import sincos_2d
-from maelite_jax.tasks.classification import ClassificationTask
-from maelite_jax.tasks.mae import model_from_config
-from maelite_jax.train import checkpoint
-from maelite_jax.train.loop import Trainer
+from maelite_jax.run import build_trainer
+from maelite_jax.tasks.classification import Classification
+from maelite_jax.train import checkpoint, pretrained, results
 from tests.helpers import override
 
 
 @pytest.fixture(scope="module")
 def mae_checkpoint(tmp_path_factory):
   """An MAE (depth 2, 32 px / patch 4) checkpoint written as pre-training would write it."""
-  model, meta = model_from_config(mae_tiny.get_config("tiny").model)
+  model, spec = model_from_config(mae_tiny.get_config("tiny").model)
   params = jax.jit(model.init)(jax.random.key(3), jnp.zeros((1, 32, 32, 3)),
                                jnp.zeros((1, model.num_patches)))["params"]
   path = str(tmp_path_factory.mktemp("mae"))
-  checkpoint.save_params(path, jax.device_get(params), {"model": meta, "objective": "mae"},
-                         step=7)
+  checkpoint.save_params(path, jax.device_get(params),
+                         {"model": spec.to_dict(), "objective": "mae"}, step=7)
   return path, jax.device_get(params)
 
 
@@ -48,10 +48,10 @@ def init_params(task, real=True):
 @pytest.mark.parametrize("pool", ["avg", "token"])
 def test_adapt_pretrained_from_mae_checkpoint(mae_checkpoint, pool):
   path, mae_params = mae_checkpoint
-  task = ClassificationTask(ft_config(**{"model.global_pool": pool}))
+  task = Classification(ft_config(**{"model.global_pool": pool}))
   target = init_params(task, real=pool == "avg")
   loaded, meta = checkpoint.load_params(path)
-  out = task.adapt_pretrained(target, loaded, meta)
+  out = pretrained.map_pretrained(target, loaded, CheckpointMeta.from_dict(meta), task)
   assert jax.tree.structure(out) == jax.tree.structure(target)
   enc = mae_params["encoder"]
   for key in ("patch_embed", "cls_token", "blocks_0", "blocks_1"):
@@ -65,17 +65,18 @@ def test_adapt_pretrained_from_mae_checkpoint(mae_checkpoint, pool):
   else:
     np.testing.assert_array_equal(out["norm"]["scale"], enc["norm"]["scale"])
   # Imported plain-ViT weights (no 'encoder' level) map the same way.
-  plain = task.adapt_pretrained(target, enc, {"model": {"name": "vit_tiny_patch16"}})
+  plain = pretrained.map_pretrained(
+      target, enc, CheckpointMeta.from_dict({"model": {"name": "vit_tiny_patch16"}}), task)
   np.testing.assert_array_equal(plain["blocks_1"]["attn"]["qkv"]["kernel"],
                                 enc["blocks_1"]["attn"]["qkv"]["kernel"])
 
 
-def test_per_example_random_mixes_the_global_batch():
-  task = ClassificationTask(ft_config(**{"augment.mixup": 0.8, "augment.cutmix": 1.0,
+def test_prepare_batch_mixes_the_global_batch():
+  task = Classification(ft_config(**{"augment.mixup": 0.8, "augment.cutmix": 1.0,
                                          "augment.label_smoothing": 0.1, "augment.reprob": 0.5}))
   batch = {"image": jax.random.normal(jax.random.key(0), (8, 32, 32, 3)),
            "label": jnp.arange(8) % 10}
-  out = jax.jit(task.per_example_random)(jax.random.key(1), batch)
+  out = jax.jit(task.prepare_batch)(jax.random.key(1), batch)
   assert out["image"].shape == batch["image"].shape
   np.testing.assert_allclose(np.sum(out["target"], axis=1), 1.0, rtol=1e-5)
   assert np.all(np.asarray(out["target"]) >= 0.01 - 1e-6)  # smoothing: 0.1 / 10 everywhere
@@ -88,9 +89,9 @@ def short_run(mae_checkpoint, tmp_path_factory):
   # Light augmentation and a high lr: a 2-block ViT learns in 40 steps of 32 images.
   config = ft_config(**{"init": path, "total_steps": 40, "optim.base_lr": 4e-2,
                         "optim.warmup_steps": 3, "augment.mixup": 0.0,
-                        "data.crop_scale": (0.8, 1.0), "data.hflip": False, "eval_every": 20,
-                        "log_every": 10, "checkpoint_every": 40})
-  trainer = Trainer(config, workdir)
+                        "data.train_ops": common.crop_flip_ops(scale=(0.8, 1.0), flip=0),
+                        "eval_every": 20, "log_every": 10, "checkpoint_every": 40})
+  trainer = build_trainer(config, workdir)
   final = trainer.run()
   return trainer, workdir, final, path
 
@@ -107,31 +108,32 @@ def test_short_finetune_beats_chance(short_run):
 
 def test_best_checkpoint_and_results_rows(short_run):
   _, workdir, final, init = short_run
-  with open(os.path.join(workdir, "best.json")) as f:
-    best = json.load(f)
+  best = checkpoint.best_record(workdir)
   assert best["top1"] == pytest.approx(final["best_top1"])
-  rows = results.read_rows(workdir)
-  assert [r["protocol"] for r in rows] == ["finetune", f"finetune-best@{best['step']}"]
-  assert rows[0]["pretrain"] == init and rows[0]["top1"] == f"{100 * final['top1']:.2f}"
+  rows = [r for r in results.read_rows(workdir) if r["metric"] == "top1"]
+  assert [r["protocol"] for r in rows] == ["finetune", "finetune-best"]
+  assert rows[1]["step"] == str(best["step"])
+  assert rows[0]["pretrain"] == f"mae:{init}" and rows[0]["value"] == f"{100 * final['top1']:.2f}"
   # The best params are a loadable fine-tuned model: its avg-pool features come out.
-  encoder, params, meta = features.load_encoder(os.path.join(workdir, "best"))
-  assert meta["objective"] == "classification" and encoder.global_pool == "avg"
+  encoder, params, meta = checkpoint.load_encoder(os.path.join(workdir, "best"))
+  assert meta.objective == "classification" and encoder.global_pool == "avg"
   feats = features.feature_fn(encoder)(params, jnp.zeros((2, 32, 32, 3)))
   assert feats.shape == (2, 192)
 
 
 def test_transfer_presets_and_sweep_points():
-  from configs import transfer
+  from maelite_jax.configs import transfer
   from maelite_jax.evaluate.sweep import point_config
   for name in transfer.PRESETS:
     config = transfer.get_config(name)
     assert config.optim.name == "sgd" and config.optim.grad_clip == 1.0
-    assert config.layer_decay == 0.75 and config.model.global_pool == "avg"
-    assert config.augment.mixup == 0 and not config.data.randaugment
+    assert config.optim.layer_decay == 0.75 and config.model.global_pool == "avg"
+    assert config.augment.mixup == 0
+    assert "randaugment" not in [op for op, _ in config.data.train_ops]
   config = transfer.get_config("cifar100")
   assert (config.model.num_classes, config.total_epochs, config.batch_size) == (100, 50, 512)
   point = point_config(config, 0.3, 0.65, validation=True)
-  assert (point.optim.base_lr, point.layer_decay) == (0.3, 0.65)
+  assert (point.optim.base_lr, point.optim.layer_decay) == (0.3, 0.65)
   assert (point.data.train_split, point.data.eval_split) == ("train[:90%]", "train[90%:]")
   assert config.optim.base_lr == 0.1 and config.data.eval_split == "test"  # original untouched
   with pytest.raises(ValueError, match="needs a dataset"):
@@ -155,11 +157,11 @@ def test_probe_norm_folds_into_the_head():
 
 
 def test_ema_copies_first_then_averages():
-  task = ClassificationTask(ft_config(ema_decay=0.9))
+  task = Classification(ft_config(ema_decay=0.9))
   params = {"w": jnp.full((2,), 4.0)}
-  extra = task.after_update(params, {"ema": {"w": jnp.zeros((2,))}}, jnp.asarray(0))
+  extra = task.post_update(params, {"ema": {"w": jnp.zeros((2,))}}, jnp.asarray(0))
   np.testing.assert_allclose(extra["ema"]["w"], [4.0, 4.0])  # the first update copies
-  extra = task.after_update({"w": jnp.full((2,), 14.0)}, extra, jnp.asarray(1))
+  extra = task.post_update({"w": jnp.full((2,), 14.0)}, extra, jnp.asarray(1))
   np.testing.assert_allclose(extra["ema"]["w"], [5.0, 5.0])  # 0.9 * 4 + 0.1 * 14
 
 
@@ -171,8 +173,9 @@ def probe_run(mae_checkpoint, tmp_path_factory):
   config = override(config, **{"init": path, "model.depth": 2, "batch_size": 32,
                                "total_steps": 40, "optim.warmup_steps": 3, "eval_every": 40,
                                "log_every": 10, "checkpoint_every": 40,
-                               "data.eval_split": "test[:256]", "eval_batch_size": 64})
-  trainer = Trainer(config, workdir)
+                               "data.eval_split": "test[:256]",
+                               "evals.accuracy.batch_size": 64})
+  trainer = build_trainer(config, workdir)
   final = trainer.run()
   return trainer, workdir, final, path
 
@@ -197,19 +200,20 @@ def test_image_linear_probe_best_is_a_plain_classifier(probe_run):
   trainer, workdir, final, _ = probe_run
   from maelite_jax.evaluate import accuracy
   from maelite_jax.tasks.classification import classifier_from_config
-  with open(os.path.join(workdir, "best.json")) as f:
-    best = json.load(f)
+  best = checkpoint.best_record(workdir)
   params, _ = checkpoint.load_params(os.path.join(workdir, "best"))
   model, _ = classifier_from_config(trainer.config.model)
-  res = accuracy.evaluate_classifier(accuracy.logits_of(model), params, trainer.config.data,
-                                     image_size=32, batch_size=64, mesh=trainer.mesh)
+  count_fn = accuracy.make_count_fn(
+      lambda p, x: model.apply({"params": p}, x, train=False)[0], trainer.mesh)
+  res = accuracy.evaluate_classifier(count_fn, params, trainer.config.data, image_size=32,
+                                     batch_size=64, mesh=trainer.mesh)
   assert res["top1"] == pytest.approx(best["top1"])
 
 
 def test_linear_probe_rejects_ema():
   config = override(finetune_tiny.get_config("linprobe_cpu"), ema_decay=0.99)
   with pytest.raises(ValueError, match="trains only the head"):
-    ClassificationTask(config)
+    Classification(config)
 
 
 def test_sweep_picks_the_best_validation_point_and_reruns_it(mae_checkpoint, tmp_path):
@@ -233,6 +237,6 @@ def test_sweep_picks_the_best_validation_point_and_reruns_it(mae_checkpoint, tmp
   for r in grid:
     with open(os.path.join(tmp_path, r["name"], "config.json")) as f:
       assert json.load(f)["data"]["eval_split"] == "train[256:384]"
-  rows = results.read_rows(str(tmp_path))
+  rows = [r for r in results.read_rows(str(tmp_path)) if r["metric"] == "top1"]
   assert rows[-1]["protocol"] == f"finetune-swept({chosen[0]['name']})"
-  assert float(rows[-1]["top1"]) == pytest.approx(100 * out["test"]["top1"], abs=0.01)
+  assert float(rows[-1]["value"]) == pytest.approx(100 * out["test"]["top1"], abs=0.01)

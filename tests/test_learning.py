@@ -2,7 +2,7 @@
 
 The reference curve (tests/data/mae_learning_curve.json) was recorded with this exact config.
 Update it only on purpose, with the reason in the commit message: run
-`python tests/test_learning.py --record`.
+`python -m tests.test_learning --record`.
 """
 
 import json
@@ -13,9 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import mae_tiny  # noqa: E402
-from maelite_jax.train.loop import Trainer  # noqa: E402
+from maelite_jax.configs import mae_tiny
+from maelite_jax.run import build_trainer
 
 REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
                          "mae_learning_curve.json")
@@ -43,7 +42,7 @@ def window_means(workdir):
 
 
 def run_curve(workdir):
-  Trainer(learning_config(), workdir, devices=jax.devices()[:1]).run()
+  build_trainer(learning_config(), workdir, devices=jax.devices()[:1]).run()
   return window_means(workdir)
 
 

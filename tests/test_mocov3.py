@@ -13,17 +13,17 @@ import pytest
 import tensorflow as tf
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from configs import mocov3_tiny
 from maelite_jax import data
-from maelite_jax.data import pipeline, transforms
+from maelite_jax.configs import common, mocov3_tiny
+from maelite_jax.data import transforms
 from maelite_jax.models import heads
 from maelite_jax.objectives import contrastive as cl
-from maelite_jax.tasks import build_task
+from maelite_jax.run import build_trainer
 from maelite_jax.tasks.mocov3 import moco_vit_init
+from maelite_jax.tasks.registry import build as build_task
 from maelite_jax.train import mesh as mesh_lib
 from maelite_jax.train import optim
-from maelite_jax.train.loop import Trainer
-from maelite_jax.train.validate import ConfigError
+from maelite_jax.utils.errors import ConfigError
 from tests.helpers import override
 
 STEPS = 30  # the learning run; the 8-vs-1 comparison stops after COMPARE steps
@@ -40,7 +40,9 @@ def tiny_config(**overrides):
     config.checkpoint_every = 1000
     config.data.shuffle_buffer = 512
     config.data.cache = False
-    config.data.crop_scale = (0.3, 1.0)  # an easier pretext task: the loss falls within 30 steps
+    for key in ("train_ops", "view2_ops"):  # an easier pretext task: the loss falls in 30 steps
+      (crop, kw), *rest = config.data[key]
+      config.data[key] = ((crop, dict(kw, scale=(0.3, 1.0))), *rest)
     config.model.patch_size = 8  # 16 tokens: 4x cheaper than patch 4 on 2 busy CPU cores
     # The encoder's final-norm bias has an exact gradient of 0 (a BatchNorm follows a bias-free
     # Linear), so Adam would turn its rounding noise into +-lr steps that differ between device
@@ -105,7 +107,7 @@ def test_after_update_uses_the_next_steps_momentum(run_1dev):
   snapshot, _, _ = run_1dev
   task = build_task(tiny_config(total_steps=10))
   params, extra = snapshot["params"], snapshot["extra"]
-  new = task.after_update(params, extra, 4)
+  new = task.post_update(params, extra, 4)
   m = 1 - 0.01 * (np.cos(np.pi * 5 / 10) + 1) / 2
   for name in ("encoder", "projector"):
     for old, p, got in zip(jax.tree.leaves(extra["momentum"][name]),
@@ -151,10 +153,10 @@ def test_freeze_patch_embed_keeps_it_fixed():
   params = {"encoder": {"patch_embed": {"proj": {"kernel": w(2, 2, 3, 4), "bias": w(4)}},
                         "norm": {"bias": w(4), "scale": w(4)}},
             "projector": {"fc0": {"kernel": w(4, 3)}}}
-  mult = task.lr_multipliers(params)
+  mult = optim.lr_multipliers(params, frozen_regex=task.frozen_regex)
   assert jax.tree.leaves(mult["encoder"]["patch_embed"]) == [0.0, 0.0]
   assert set(jax.tree.leaves(mult["encoder"]["norm"])) == {1.0}
-  assert build_task(tiny_config()).lr_multipliers(params) is None
+  assert optim.lr_multipliers(params, frozen_regex=build_task(tiny_config()).frozen_regex) is None
   grads = jax.tree.map(jnp.ones_like, params)
   opt = optim.build_optimizer(config.optim, lambda _: 1e-2, params, mult)
   updates, _ = opt.update(grads, opt.init(params), params)
@@ -199,9 +201,15 @@ OPS = {
 }
 
 
+RANDOM_OPS = {"color_jitter": transforms.color_jitter,
+              "random_grayscale": transforms.random_grayscale,
+              "random_gaussian_blur": transforms.random_gaussian_blur,
+              "random_solarize": transforms.random_solarize, "random_flip": transforms.random_flip}
+
+
 @pytest.mark.parametrize("name", sorted(OPS))
 def test_op_range_shape_and_p0_identity(name):
-  fn = transforms.RANDOM_OPS[name]
+  fn = RANDOM_OPS[name]
   image = _image()
   out = fn(image, SEED, **OPS[name])
   assert out.shape == image.shape and out.dtype == tf.float32
@@ -246,22 +254,23 @@ def test_grayscale_blur_solarize_values():
 
 def test_view_ops_follow_the_config():
   cfg = mocov3_tiny.get_config("tiny").data
-  names = lambda v: [op for op, _ in pipeline.view_ops(cfg, 32, v)]
+  views = (cfg.train_ops, cfg.view2_ops)
+  names = lambda v: [op for op, _ in views[v]]
   assert names(0) == ["random_resized_crop", "color_jitter", "random_gaussian_blur",
                       "random_grayscale", "random_flip"]
   assert names(1) == names(0) + ["random_solarize"]
-  blur = lambda v: dict(pipeline.view_ops(cfg, 32, v))["random_gaussian_blur"]["prob"]
+  blur = lambda v: dict(views[v])["random_gaussian_blur"]["prob"]
   assert (blur(0), blur(1)) == (1.0, 0.1)
   # The default (MAE) data config keeps exactly the single-view ops it had.
-  assert [op for op, _ in pipeline.view_ops(data.pipeline.DEFAULTS, 32)] == [
-      "random_resized_crop", "random_flip"]
+  default = common.data_config()
+  assert [op for op, _ in default.train_ops] == ["random_resized_crop", "random_flip"]
+  assert default.view2_ops == ()
   bad = cfg.copy_and_resolve_references()
-  with bad.unlocked():
-    bad.solarize_prob = (0.2,)
-  with pytest.raises(ValueError, match="solarize_prob"):
-    data.validate_data_config(bad)
-  with pytest.raises(ConfigError, match="data.views"):
-    build_task(tiny_config(**{"data.views": 1}))
+  bad.view2_ops = bad.view2_ops[:-1] + (("random_solarize", dict(threshold=0.5, prob=1.5)),)
+  with pytest.raises(ValueError, match="random_solarize"):
+    data.validate_data_config(bad, 32)
+  with pytest.raises(ConfigError, match="data.view2_ops"):
+    build_task(tiny_config(**{"data.view2_ops": ()}))
 
 
 def test_two_views_differ_and_are_reproducible():
@@ -275,7 +284,7 @@ def test_two_views_differ_and_are_reproducible():
   assert first["image2"].sharding.spec == P("data")
   v1, v2 = np.asarray(first["image"]), np.asarray(first["image2"])
   assert all(not np.allclose(a, b) for a, b in zip(v1, v2))
-  pixels = v2 * np.array(data.IMAGENET_STD) + np.array(data.IMAGENET_MEAN)
+  pixels = v2 * np.array(common.IMAGENET_STD) + np.array(common.IMAGENET_MEAN)
   assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
   resumed = next(data.build_train_iterator(cfg, start_step=1, **kw))
   for key in ("image", "image2", "label"):
@@ -289,7 +298,7 @@ def test_two_views_differ_and_are_reproducible():
 def run_1dev(tmp_path_factory):
   """One device: stops after COMPARE steps (snapshot), then resumes to STEPS."""
   workdir = str(tmp_path_factory.mktemp("moco1"))
-  trainer = Trainer(tiny_config(), workdir, devices=jax.devices()[:1])
+  trainer = build_trainer(tiny_config(), workdir, devices=jax.devices()[:1])
   trainer.run(stop_at=COMPARE)
   snapshot = host({"params": trainer.state.params, "extra": trainer.state.extra})
   final = trainer.run()
@@ -298,7 +307,7 @@ def run_1dev(tmp_path_factory):
 
 def test_8_devices_equal_1_device(run_1dev, tmp_path):
   snapshot, _, workdir1 = run_1dev
-  trainer = Trainer(tiny_config(), str(tmp_path))
+  trainer = build_trainer(tiny_config(), str(tmp_path))
   assert trainer.mesh.size == 8
   trainer.run(stop_at=COMPARE)
   l1, l8 = read_metrics(workdir1), read_metrics(str(tmp_path))
@@ -326,12 +335,12 @@ def test_short_run_lowers_the_loss_and_monitors(run_1dev):
 
 
 def test_checkpoint_reads_back_as_an_encoder(run_1dev):
-  from maelite_jax.analysis.representations import encoder_from_checkpoint
+  from maelite_jax.models.meta import CheckpointMeta, encoder_from_meta
   from maelite_jax.train.checkpoint import load_params
   _, _, workdir = run_1dev
   params, meta = load_params(workdir)
   assert sorted(params) == ["encoder", "predictor", "projector"]
-  model, enc = encoder_from_checkpoint(params, meta)
+  model, enc = encoder_from_meta(CheckpointMeta.from_dict(meta), params)
   assert meta["model"]["name"] == "vit_tiny_patch16" and model.depth == 2
   feats, _ = model.apply({"params": enc}, jnp.zeros((2, 32, 32, 3)), return_features=True)
   assert feats.shape == (2, 192)

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import common
+from maelite_jax.configs import common
 from maelite_jax.models import create_model
 from maelite_jax.train import optim
 

@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import seg_tiny
-from maelite_jax.data import segmentation as seg_data
-from maelite_jax.evaluate import results
-from maelite_jax.evaluate import segmentation_metrics as sm
+from maelite_jax import data as data_lib
+from maelite_jax.configs import seg_tiny
+from maelite_jax.data import seg_sources, transforms
+from maelite_jax.evaluate import segmentation as sm
 from maelite_jax.models import segmentation as seg_models
-from maelite_jax.tasks.segmentation import SegmentationTask, pixel_cross_entropy
+from maelite_jax.models.meta import CheckpointMeta, ModelSpec
+from maelite_jax.run import build_trainer
+from maelite_jax.tasks.segmentation import Segmentation, pixel_cross_entropy
+from maelite_jax.train import checkpoint, optim, pretrained, results
 from maelite_jax.train import mesh as mesh_lib
-from maelite_jax.train import optim
-from maelite_jax.train.loop import Trainer
 from tests.helpers import override
 
 TINY = {"model.embed_dim": 32, "model.depth": 4, "model.num_heads": 2}
@@ -87,7 +88,7 @@ def test_joint_augmentation_keeps_image_and_mask_aligned():
   mask = np.where(red > 0.5, 1, 0).astype(np.uint8)
   agree = []
   for s in range(12):
-    img, msk = seg_data.joint_augment(tf.constant(image, tf.float32), tf.constant(mask),
+    img, msk = transforms.joint_augment(tf.constant(image, tf.float32), tf.constant(mask),
                                       tf.constant([s, 7], tf.int64), crop_size=32, base_size=32,
                                       scale_range=(0.5, 2.0))
     img, msk = img.numpy(), msk.numpy().astype(int)
@@ -110,17 +111,17 @@ def test_joint_augmentation_keeps_image_and_mask_aligned():
 def test_label_mappings_of_the_datasets():
   ann = np.zeros((2, 3, 3), np.uint8)
   ann[..., 0] = [[0, 1, 150], [2, 0, 255]]
-  _, mask = seg_data.ade_pair({"image": tf.zeros((2, 3, 3), tf.uint8), "annotation": ann})
+  _, mask = seg_sources.ade_pair({"image": tf.zeros((2, 3, 3), tf.uint8), "annotation": ann})
   np.testing.assert_array_equal(mask, [[255, 0, 149], [1, 255, 255]])
   trimap = np.array([[1, 2], [3, 1]], np.uint8)[..., None]
   for species, pet in ((0, 1), (1, 2)):  # cat -> 1, dog -> 2
-    _, mask = seg_data.pets_pair({"image": tf.zeros((2, 2, 3), tf.uint8), "species": species,
+    _, mask = seg_sources.pets_pair({"image": tf.zeros((2, 2, 3), tf.uint8), "species": species,
                                   "segmentation_mask": trimap})
     np.testing.assert_array_equal(mask, [[pet, 0], [255, pet]])
   image = np.array([[0, 32], [33, 255]], np.uint8)[..., None]
-  _, mask = seg_data.builtin_pair({"image": image, "label": tf.constant(4)})
+  _, mask = seg_sources.builtin_pair({"image": image, "label": tf.constant(4)})
   np.testing.assert_array_equal(mask, [[0, 0], [5, 5]])  # > FG_THRESHOLD = 32 -> class + 1
-  np.testing.assert_array_equal(seg_data.reduce_zero(tf.constant([0, 1, 5, 255], tf.uint8)),
+  np.testing.assert_array_equal(seg_sources.reduce_zero(tf.constant([0, 1, 5, 255], tf.uint8)),
                                 [255, 0, 4, 255])
 
 
@@ -136,25 +137,25 @@ def test_folder_dataset_pairs_images_with_label_maps(tmp_path):
   data = seg_tiny.seg_data("imagefolder", data_dir=str(tmp_path), train_split="train",
                            eval_split="train", reduce_zero_label=True)
   one = mesh_lib.make_mesh(jax.devices()[:1])
-  (batch,) = list(seg_data.build_eval_iterator(data, eval_size=16, global_batch_size=4,
+  (batch,) = list(data_lib.build_eval_iterator(data, image_size=16, global_batch_size=4,
                                                mesh=one))
   label, mask = np.asarray(batch["label"]), np.asarray(batch["mask"])
   np.testing.assert_array_equal(mask, [1, 1, 1, 0])
   assert np.all(label[0] == 255)  # class 0 -> ignore (reduce_zero_label)
   assert set(np.unique(label[1])) == {0, 255} and np.all(label[1][:, :11] == 0)  # 20 -> 11 px
   assert np.all(label[2] == 1) and np.all(label[3] == 255)  # square: no padding; padding row
-  train = next(seg_data.build_train_iterator(data, crop_size=16, global_batch_size=2, mesh=one,
+  train = next(data_lib.build_train_iterator(data, image_size=16, global_batch_size=2, mesh=one,
                                              seed=0))
   assert train["image"].shape == (2, 16, 16, 3) and train["label"].dtype == np.uint8
   Image.fromarray(np.zeros((20, 30), np.uint8)).convert("P").save(
       tmp_path / "train" / "masks" / "im0.png")
   with pytest.raises(ValueError, match="not an 8-bit label map"):
-    seg_data.SegSource(data).validate(data)
+    data_lib.validate_data_config(data, 16)
 
 
 @pytest.mark.parametrize("size,patch", [(32, 4), (40, 4), (64, 16), (48, 8), (96, 8)])
 def test_feature_pyramid_shapes_and_strides(size, patch):
-  task = SegmentationTask(seg_config(**{"model.image_size": size, "model.patch_size": patch,
+  task = Segmentation(seg_config(**{"model.image_size": size, "model.patch_size": patch,
                                         "model.num_classes": 5, "model.remat": size == 96}))
   x = jnp.zeros((2, size, size, 3))
   (logits, pyramid), _ = jax.eval_shape(
@@ -195,25 +196,29 @@ def test_sliding_window_averages_every_covering_window():
 
 
 def test_adapt_pretrained_maps_any_encoder_and_resizes_pos_embed():
-  task = SegmentationTask(seg_config())
+  config = seg_config()
+  task = Segmentation(config)
   shapes = jax.eval_shape(task.init, jax.random.key(0), {"image": jnp.zeros((1, 32, 32, 3))})[0]
   target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   encoder = jax.tree.map(lambda a: a + 1.0, target["backbone"])
   mae = {"encoder": {k: v for k, v in encoder.items() if k != "pos_embed"}, "decoder_x": 0}
-  out = task.adapt_pretrained(target, mae, {"objective": "mae"})
+  out = pretrained.map_pretrained(
+      target, mae, CheckpointMeta(ModelSpec("mae_vit_tiny_patch16"), objective="mae"), task)
   np.testing.assert_array_equal(out["backbone"]["blocks_3"]["attn"]["qkv"]["kernel"], 1.0)
   np.testing.assert_array_equal(out["backbone"]["pos_embed"], 0.0)  # fixed sin-cos: target's
   np.testing.assert_array_equal(out["decode_head"]["classifier"]["kernel"], 0.0)  # fresh head
   # A fine-tuned classifier at 48 px (learned 6x6 table, fc_norm, head, no norm) -> 8x8 grid.
   clf = {k: v for k, v in encoder.items() if k != "norm"}
   clf.update(pos_embed=np.ones((1, 37, 32), np.float32), head={"kernel": 0}, fc_norm={})
-  out = task.adapt_pretrained(target, clf, {"objective": "classification"})
+  out = pretrained.map_pretrained(
+      target, clf, CheckpointMeta(ModelSpec("vit_tiny_patch16"), objective="classification"),
+      task)
   assert out["backbone"]["pos_embed"].shape == (1, 65, 32)
   np.testing.assert_allclose(out["backbone"]["pos_embed"], 1.0, atol=1e-5)
   assert set(out) == set(target)
   # Layer-wise lr decay: embeddings lowest, blocks in between, neck and head at 1.
-  mult = task.lr_multipliers(shapes)
-  decay, depth = task.config.layer_decay, 4
+  decay, depth = config.optim.layer_decay, 4
+  mult = optim.lr_multipliers(shapes, layer_decay=decay)
   assert mult["backbone"]["patch_embed"]["proj"]["kernel"] == pytest.approx(decay**(depth + 1))
   assert mult["backbone"]["blocks_3"]["mlp"]["fc1"]["kernel"] == pytest.approx(decay)
   assert mult["decode_head"]["classifier"]["kernel"] == 1.0
@@ -239,11 +244,12 @@ def short_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("seg"))
   # 60 steps of 32 crops at a high lr; 16 visualised images (that compiled predict is reused).
   config = seg_config(**{"total_steps": 60, "batch_size": 32, "optim.base_lr": 3e-3,
-                         "optim.lr_scale_batch": 32, "optim.warmup_steps": 5, "layer_decay": 0.8,
-                         "eval_every": 30, "checkpoint_every": 60, "log_every": 30,
-                         "data.eval_split": "test[:256]", "eval_batch_size": 128,
-                         "num_vis_images": 16, "save_best": False})
-  trainer = Trainer(config, workdir)
+                         "optim.lr_scale_batch": 32, "optim.warmup_steps": 5,
+                         "optim.layer_decay": 0.8, "eval_every": 30, "checkpoint_every": 60,
+                         "log_every": 30, "data.eval_split": "test[:256]",
+                         "evals.segmentation.batch_size": 128,
+                         "evals.segmentation.num_images": 16})
+  trainer = build_trainer(config, workdir)
   final = trainer.run()
   return trainer, workdir, final
 
@@ -257,33 +263,32 @@ def test_short_run_beats_all_background(short_run):
   with open(os.path.join(workdir, "segmentation_eval.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   assert [r["step"] for r in rows] == [30, 60]
-  assert set(rows[-1]["per_class_iou"]) == {"background", *seg_data.PRESETS[
+  assert set(rows[-1]["per_class_iou"]) == {"background", *seg_sources.PRESETS[
       "fashion_mnist_builtin"][2][1:]}
   assert rows[-1]["miou"] == pytest.approx(final["miou"])
-  with open(os.path.join(workdir, "best.json")) as f:
-    assert json.load(f)["miou"] == pytest.approx(final["best_miou"])
-  csv = results.read_rows(workdir)
+  assert checkpoint.best_record(workdir)["miou"] == pytest.approx(final["best_miou"])
+  csv = [r for r in results.read_rows(workdir) if r["metric"] == "miou"]
   assert [r["protocol"] for r in csv][0] == "segment"
-  assert csv[0]["top1"] == f"{100 * final['miou']:.2f}"
-  assert os.path.exists(os.path.join(workdir, "reconstruction.png"))  # image | truth | pred
+  assert csv[0]["value"] == f"{100 * final['miou']:.2f}"
+  assert os.path.exists(os.path.join(workdir, "segmentation.png"))  # image | truth | pred
 
 
 def test_sharded_eval_is_exact_on_an_uneven_split(short_run):
   """77 examples: one padded batch of 128 over 8 devices (the periodic evaluation's compiled
   function) against numpy on the real rows of 1-device batches of 16 (other padding)."""
   trainer, _, _ = short_run
-  task, params = trainer.task, jax.device_get(trainer.state.params)
-  data = override(task.config.data.copy_and_resolve_references(), eval_split="test[:77]")
-  batches = list(seg_data.build_eval_iterator(data, eval_size=32, global_batch_size=128,
+  evaluator, params = trainer.evals.evaluators[0], jax.device_get(trainer.state.params)
+  data = override(trainer.config.data.copy_and_resolve_references(), eval_split="test[:77]")
+  batches = list(data_lib.build_eval_iterator(data, image_size=32, global_batch_size=128,
                                               mesh=trainer.mesh))
-  conf = sm.accumulate(task._update_fn, trainer.state.params, batches, 11)
+  conf = sm.accumulate(evaluator.update_fn, trainer.state.params, batches, 11)
   assert len(batches) == 1 and np.asarray(batches[0]["mask"]).sum() == 77
   one = mesh_lib.make_mesh(jax.devices()[:1])
-  ref = list(seg_data.build_eval_iterator(data, eval_size=32, global_batch_size=16, mesh=one))
+  ref = list(data_lib.build_eval_iterator(data, image_size=32, global_batch_size=16, mesh=one))
   assert len(ref) == 5
   real = [np.asarray(b["mask"]) > 0 for b in ref]
-  # Predicted by the unsharded predict that `visualize` compiled for its 16 images.
-  preds = np.concatenate([np.asarray(task._predict(params, np.asarray(b["image"])))[m]
+  # Predicted by the unsharded predict that the figure compiled for its 16 images.
+  preds = np.concatenate([np.asarray(evaluator.predict(params, np.asarray(b["image"])))[m]
                           for b, m in zip(ref, real)])
   labels = np.concatenate([np.asarray(b["label"])[m] for b, m in zip(ref, real)])
   assert len(labels) == 77

@@ -122,3 +122,58 @@ def plot_attention_maps(path, images, maps, heads, title: str = "") -> str:
   fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 45 / size[1],
                       wspace=0.05, hspace=0.05)
   return _save(fig, path)
+
+
+def palette() -> np.ndarray:
+  """(256, 3) uint8 class colours: PASCAL VOC's bit-interleaved palette, ignore (255) white."""
+  colours = np.zeros((256, 3), np.uint8)
+  for c in range(256):
+    v, r, g, b = c, 0, 0, 0
+    for shift in range(7, -1, -1):
+      r |= (v & 1) << shift
+      g |= ((v >> 1) & 1) << shift
+      b |= ((v >> 2) & 1) << shift
+      v >>= 3
+    colours[c] = (r, g, b)
+  colours[255] = 255
+  return colours
+
+
+def segmentation_size(num_images: int) -> tuple[int, int]:
+  return 760, 200 * num_images + 90
+
+
+def plot_segmentation(path, images, labels, preds, class_names, title: str = "") -> str:
+  """One row per image: image | ground truth | prediction, with a legend of the classes that
+  appear (ignore pixels white)."""
+  n = len(images)
+  colours = palette()
+  fig = _figure(segmentation_size(n))
+  grid = fig.add_gridspec(n, 4, width_ratios=(1, 1, 1, 0.9), left=0.02, right=0.98,
+                          top=1 - 55 / segmentation_size(n)[1], bottom=0.02, wspace=0.05,
+                          hspace=0.08)
+  for i in range(n):
+    for j, (panel, name) in enumerate(((images[i], "image"), (colours[labels[i]], "ground truth"),
+                                       (colours[preds[i]], "prediction"))):
+      ax = fig.add_subplot(grid[i, j])
+      ax.imshow(panel, interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if i == 0:
+        ax.set_title(name, fontsize=9)
+  present = sorted(set(np.unique(labels)) | set(np.unique(preds)) - {255})
+  handles = [plt.Rectangle((0, 0), 1, 1, color=colours[c] / 255) for c in present]
+  names = [class_names[c] if c < len(class_names) else str(c) for c in present]
+  legend_ax = fig.add_subplot(grid[:, 3])
+  legend_ax.axis("off")
+  legend_ax.legend(handles, names, loc="upper left", fontsize=8, frameon=False,
+                   title="classes", title_fontsize=9)
+  fig.suptitle(title, fontsize=10)
+  return _save(fig, path)
+
+
+def figure_array(path: str) -> np.ndarray:
+  """A saved PNG as uint8 (H, W, 3), for TensorBoard's image summaries."""
+  from PIL import Image
+  with Image.open(path) as im:
+    return np.asarray(im.convert("RGB"))

@@ -18,8 +18,13 @@ import numpy as np  # noqa: E402
 from maelite_jax.objectives.mae import normalize_patches, patchify, unpatchify  # noqa: E402
 
 
+MASK_COLOUR = (0.62, 0.78, 0.95)  # hidden patches in the input panel: not black, which is
+# Fashion-MNIST's (and many photos') background
+
+
 def reconstruction_panels(images, pred, mask, patch_size, norm_pix_loss, mean, std):
-  """Returns dict of (B, H, W, 3) arrays in [0, 1] plus the (B, g, g) per-patch error."""
+  """Returns dict of (B, H, W, 3) arrays in [0, 1] plus the (B, g, g) per-patch error (NaN on
+  the visible patches: the loss never scores them)."""
   images = np.asarray(images, np.float32)
   pred = np.asarray(pred, np.float32)
   mask = np.asarray(mask, np.float32)
@@ -42,35 +47,42 @@ def reconstruction_panels(images, pred, mask, patch_size, norm_pix_loss, mean, s
   std = np.asarray(std, np.float32)
   to_img = lambda p: np.clip(unpatchify(p, patch_size, c) * std + mean, 0, 1)
   g = int(round(mask.shape[1]**0.5))
+  hidden = np.asarray(unpatchify(np.repeat(m, target.shape[-1], axis=-1), patch_size, c))
+  masked = to_img(target) * (1 - hidden) + hidden * np.asarray(MASK_COLOUR, np.float32)
   return {
       "original": to_img(target),
-      "masked": to_img(target * (1 - m)) * np.asarray(unpatchify(
-          np.repeat(1 - m, target.shape[-1], axis=-1), patch_size, c)),
+      "masked": masked,
       "recon_oracle": to_img(target * (1 - m) + oracle * m),
       "recon_visible": to_img(target * (1 - m) + honest * m),
-      "error": (err * mask).reshape(-1, g, g),
+      "error": np.where(mask > 0, err, np.nan).reshape(-1, g, g),
+      "hidden_error": float((err * mask).sum() / max(mask.sum(), 1)),
   }
 
 
 def save_reconstruction_grid(path, *, images, pred, mask, patch_size, norm_pix_loss,
-                             mean, std) -> str:
-  """Writes the PNG grid (one row per image) and returns its path."""
+                             mean, std, title: str = "MAE reconstructions") -> tuple[str, float]:
+  """Writes the PNG grid (one row per image); returns (path, mean hidden-patch error)."""
   panels = reconstruction_panels(images, pred, mask, patch_size, norm_pix_loss, mean, std)
   n = panels["original"].shape[0]
   if norm_pix_loss:
-    titles = ["original", "masked (input)", "recon, oracle stats\n(true hidden-patch mean/std: leaks)",
-              "recon, visible stats\n(no leak)", "per-patch error\n(norm-pix MSE, hidden only)"]
+    titles = ["original", "input (hidden patches\nin blue)",
+              "recon, oracle stats\n(true hidden-patch mean/std: leaks)",
+              "recon, visible stats\n(no leak)",
+              "per-patch error, hidden only\n(norm-pix MSE; grey = visible)"]
   else:
-    titles = ["original", "masked (input)", "reconstruction\n(+ visible patches)",
-              "reconstruction\n(+ visible patches)", "per-patch error\n(MSE, hidden only)"]
+    titles = ["original", "input (hidden patches\nin blue)", "reconstruction\n(+ visible patches)",
+              "reconstruction\n(+ visible patches)",
+              "per-patch error, hidden only\n(MSE; grey = visible)"]
   keys = ["original", "masked", "recon_oracle", "recon_visible", "error"]
-  fig, axes = plt.subplots(n, 5, figsize=(10, 2.1 * n + 0.6), squeeze=False)
-  vmax = float(np.max(panels["error"])) or 1.0
+  fig, axes = plt.subplots(n, 5, figsize=(10, 2.0 * n + 0.9), squeeze=False,
+                           layout="constrained")
+  cmap = matplotlib.colormaps["magma"].with_extremes(bad="#c8c8c8")
+  vmax = float(np.nanmax(panels["error"])) if np.isfinite(panels["error"]).any() else 1.0
   for i in range(n):
     for j, key in enumerate(keys):
       ax = axes[i, j]
       if key == "error":
-        im = ax.imshow(panels[key][i], cmap="magma", vmin=0, vmax=vmax)
+        im = ax.imshow(panels[key][i], cmap=cmap, vmin=0, vmax=vmax or 1.0)
       else:
         ax.imshow(panels[key][i], interpolation="nearest")
       ax.set_xticks([])
@@ -78,8 +90,8 @@ def save_reconstruction_grid(path, *, images, pred, mask, patch_size, norm_pix_l
       if i == 0:
         ax.set_title(titles[j], fontsize=7)
   fig.colorbar(im, ax=axes[:, 4].tolist(), shrink=0.6)
-  masked_err = float(panels["error"].sum() / max(np.asarray(mask).sum(), 1))
-  fig.suptitle(f"MAE reconstructions (mean hidden-patch error {masked_err:.3f})", fontsize=9)
-  fig.savefig(path, dpi=100, bbox_inches="tight")
+  err = panels["hidden_error"]
+  fig.suptitle(f"{title} (mean hidden-patch error {err:.3f})", fontsize=9)
+  fig.savefig(path, dpi=100)
   plt.close(fig)
-  return path
+  return path, err

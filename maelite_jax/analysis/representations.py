@@ -10,42 +10,13 @@ fc_norm) give the raw last block output there. The cls token is dropped by defau
 reference.
 """
 
-import jax.numpy as jnp
-
-from maelite_jax.models.registry import create_model, list_models
 from maelite_jax.models.vit import VisionTransformer
 
-VIT_FIELDS = frozenset(VisionTransformer.__dataclass_fields__) - {"parent", "name"}
 
-
-def is_mae(meta: dict, params) -> bool:
+def is_mae(params) -> bool:
   """An MAE (or D-MAE) checkpoint with its decoder, which can draw reconstructions. MoCo-v3
   checkpoints also keep their ViT under params['encoder'], so that alone does not decide."""
   return "decoder_pred" in params
-
-
-def encoder_from_checkpoint(params, meta: dict, image_size: int | None = None):
-  """(VisionTransformer, its params) from a checkpoint's (params, meta) of load_params.
-
-  MAE checkpoints give their encoder: params["encoder"] and the ViT arguments that apply.
-  `image_size` overrides the checkpoint's (fixed sin-cos positions are recomputed for it).
-  """
-  model_meta = meta.get("model") or {}
-  name, kwargs = model_meta.get("name"), dict(model_meta.get("kwargs") or {})
-  if not name:
-    raise ValueError("checkpoint meta has no model name; it must come from scripts/pretrain.py, "
-                     "a fine-tuning run or scripts/import_torch.py (which record meta['model'])")
-  if "encoder" in params:
-    params = params["encoder"]
-  vit_kwargs = {k: v for k, v in kwargs.items() if k in VIT_FIELDS}
-  if isinstance(vit_kwargs.get("dtype"), str):
-    vit_kwargs["dtype"] = jnp.dtype(vit_kwargs["dtype"])
-  if image_size:
-    vit_kwargs["image_size"] = int(image_size)
-  vit_name = name[len("mae_"):] if name.startswith("mae_") else name
-  if vit_name in list_models():
-    return create_model(vit_name, **vit_kwargs), params
-  return VisionTransformer(**vit_kwargs), params
 
 
 def layer_labels(depth: int) -> list[str]:

@@ -224,19 +224,3 @@ def rand_augment(image, seed, policy, prob=0.5):
     applied = tf.switch_case(index, branches)
     image = tf.where(tf.random.stateless_uniform([], s_apply) < prob, applied, image)
   return tf.clip_by_value(image, 0.0, 1.0)
-
-
-def train_ops(data_cfg) -> list:
-  """The random ops `data.randaugment` asks for ('' or absent: none), for apply_random_ops."""
-  spec = data_cfg.get('randaugment', '') if data_cfg is not None else ''
-  if not spec:
-    return []
-  return [(rand_augment, {'policy': parse_policy(spec)})]
-
-
-def validate(data_cfg) -> None:
-  """Fails early, naming the key, on a malformed RandAugment spec."""
-  try:
-    train_ops(data_cfg)
-  except ValueError as e:
-    raise ValueError(f'Bad data config `data.randaugment`: {e}') from None

@@ -17,15 +17,16 @@ import tensorflow_datasets as tfds
 
 from maelite_jax.data import fashion_mnist_builtin
 from maelite_jax.data import image_check
+from maelite_jax.utils.errors import ConfigError
 
 BUILTIN = 'fashion_mnist_builtin'
 IMAGEFOLDER = 'imagefolder'
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 
 
-def config_error(key: str, problem: str, fix: str) -> ValueError:
+def config_error(key: str, problem: str, fix: str) -> ConfigError:
   """One paragraph naming the config key, what is wrong and how to fix it."""
-  return ValueError(f'Bad data config `data.{key}`: {problem} Fix: {fix}')
+  return ConfigError(f'config.data.{key}: {problem} Fix: {fix}')
 
 
 def _split_base(split: str) -> str:
@@ -214,10 +215,7 @@ class ImageFolderSource(Source):
     return len(self.files(split)[0])
 
   def process_counts(self, split, process_count, drop_remainder):
-    n = self.num_examples(split)
-    if drop_remainder:
-      return [n // process_count] * process_count
-    return [len(range(i, n, process_count)) for i in range(process_count)]
+    return strided_counts(self.num_examples(split), process_count, drop_remainder)
 
   def examples(self, split, *, process_index, process_count, drop_remainder, seed=None):
     paths, labels = self.files(split)
@@ -236,20 +234,24 @@ class ImageFolderSource(Source):
     return {'image': image, 'label': example['label']}
 
 
+def strided_counts(n: int, process_count: int, drop_remainder: bool) -> list:
+  """Examples per process when process i reads examples i, i + P, i + 2P, ... of n."""
+  if drop_remainder:
+    return [n // process_count] * process_count
+  return [len(range(i, n, process_count)) for i in range(process_count)]
+
+
 def _is_image(name: str) -> bool:
   return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def make_source(data_cfg) -> Source:
-  """The source a data config names (no I/O beyond what construction needs)."""
-  name = data_cfg.get('dataset', BUILTIN)
+  """The (image, class label) source a data config names (no I/O beyond construction)."""
+  name = data_cfg.dataset
   if not isinstance(name, str) or not name:
     raise config_error('dataset', f'expected a dataset name, got {name!r}.',
                        f'use {BUILTIN!r}, {IMAGEFOLDER!r} or a tfds name.')
   if name.lower() == IMAGEFOLDER:
-    splits = {'train_split': data_cfg.get('train_split', 'train'),
-              'eval_split': data_cfg.get('eval_split', 'test')}
-    return ImageFolderSource(data_cfg.get('data_dir'), splits,
-                             check_images=data_cfg.get('check_images', True))
-  return TfdsSource(name, data_cfg.get('data_dir'), data_cfg.get('image_key', 'image'),
-                    data_cfg.get('label_key', 'label'))
+    splits = {'train_split': data_cfg.train_split, 'eval_split': data_cfg.eval_split}
+    return ImageFolderSource(data_cfg.data_dir, splits, check_images=data_cfg.check_images)
+  return TfdsSource(name, data_cfg.data_dir, data_cfg.image_key, data_cfg.label_key)

@@ -6,12 +6,11 @@ Conventions, so ops compose in any order:
 - random ops are `op(image, seed, **params)` with `seed` a stateless seed (shape (2,) int) and
   use only `tf.random.stateless_*`/`tf.image.stateless_*`, so an example's augmentation is a
   pure function of its seed: that is what makes training exactly resumable;
-- `apply_random_ops` gives each op in a list its own seed split from one example seed (MoCo-v3's
-  colour jitter, blur and solarize slot in as more entries of that list).
+- `data.ops` composes them from config lists, each op with its own seed split from one example
+  seed (MoCo-v3's colour jitter, blur and solarize are more entries of such a list).
 """
 
 import math
-from typing import Callable, Sequence
 
 import tensorflow as tf
 
@@ -265,23 +264,62 @@ def random_solarize(image, seed, threshold=128 / 255, prob=0.2):
   return tf.cond(_coin(seed, prob), lambda: solarize(image, threshold), lambda: image)
 
 
-# Name -> random op, for configs that list augmentations by name.
-RANDOM_OPS = {
-    'random_resized_crop': random_resized_crop,
-    'random_flip': random_flip,
-    'color_jitter': color_jitter,
-    'random_grayscale': random_grayscale,
-    'random_gaussian_blur': random_gaussian_blur,
-    'random_solarize': random_solarize,
-}
+# ---------------------------------------------------------------- joint ops (image + label map)
+# Segmentation: the image (float [0, 1]) and its uint8 class map move together; the image is
+# resized bilinear (antialiased when shrinking), the map nearest; padding is 0 / IGNORE_LABEL.
 
-RandomOp = tuple  # (callable or RANDOM_OPS name, dict of params)
+IGNORE_LABEL = 255
 
 
-def apply_random_ops(image, seed, ops: Sequence[RandomOp]):
-  """Apply `ops` in order, each with its own seed split from `seed` (stable per position)."""
-  seeds = tf.random.experimental.stateless_split(seed, max(len(ops), 1))
-  for i, (op, params) in enumerate(ops):
-    fn: Callable = RANDOM_OPS[op] if isinstance(op, str) else op
-    image = fn(image, seeds[i], **params)
-  return image
+def resize_pair(image, mask, size):
+  """Image bilinear (float [0, 1]), mask nearest: both sample at half-pixel centres, aligned."""
+  image = resize(image, size, 'bilinear')
+  mask = tf.image.resize(mask[..., None], size, method='nearest')[..., 0]
+  return image, mask
+
+
+def pad_pair(image, mask, height, width):
+  """Pads bottom/right up to (height, width): image with 0, mask with the ignore label."""
+  ph = tf.maximum(height - tf.shape(image)[0], 0)
+  pw = tf.maximum(width - tf.shape(image)[1], 0)
+  image = tf.pad(image, [[0, ph], [0, pw], [0, 0]])
+  mask = tf.pad(mask, [[0, ph], [0, pw]], constant_values=IGNORE_LABEL)
+  return image, mask
+
+
+def joint_augment(image, mask, seed, *, crop_size: int, base_size: int,
+                  scale_range=(0.5, 2.0), max_ratio: float = 4.0, hflip: bool = True):
+  """(float image (H, W, 3), uint8 mask (H, W)) -> both (crop, crop), the same geometry."""
+  s_scale, s_top, s_left, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  r = tf.random.stateless_uniform([], s_scale, scale_range[0], scale_range[1])
+  factor = tf.minimum(max_ratio * base_size * r / tf.reduce_max(shape),
+                      base_size * r / tf.reduce_min(shape))
+  size = tf.maximum(tf.cast(tf.round(shape * factor), tf.int32), 1)
+  image, mask = resize_pair(image, mask, size)
+  image, mask = pad_pair(image, mask, crop_size, crop_size)
+  hw = tf.shape(mask)
+
+  def offset(s, n):
+    u = tf.random.stateless_uniform([], s)
+    return tf.minimum(tf.cast(u * tf.cast(n - crop_size + 1, tf.float32), tf.int32),
+                      n - crop_size)
+
+  top, left = offset(s_top, hw[0]), offset(s_left, hw[1])
+  image = image[top:top + crop_size, left:left + crop_size]
+  mask = mask[top:top + crop_size, left:left + crop_size]
+  if hflip:
+    flip = tf.random.stateless_uniform([], s_flip) < 0.5
+    image, mask = tf.cond(flip, lambda: (image[:, ::-1], mask[:, ::-1]), lambda: (image, mask))
+  return (tf.ensure_shape(image, [crop_size, crop_size, 3]),
+          tf.ensure_shape(mask, [crop_size, crop_size]))
+
+
+def eval_view(image, mask, eval_size: int):
+  """Long side -> eval_size (aspect kept), padded to eval_size x eval_size (mask: ignore)."""
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  size = tf.maximum(tf.cast(tf.round(shape * eval_size / tf.reduce_max(shape)), tf.int32), 1)
+  image, mask = resize_pair(image, mask, tf.minimum(size, eval_size))
+  image, mask = pad_pair(image, mask, eval_size, eval_size)
+  return (tf.ensure_shape(image, [eval_size, eval_size, 3]),
+          tf.ensure_shape(mask, [eval_size, eval_size]))

@@ -1,11 +1,11 @@
 """Frozen-encoder features over a whole split: shared by k-NN, linear probing and few-shot.
 
 Features come out in dataset order with the eval iterator's padding removed (exact for any
-batch size / device count), gathered as replicated arrays so every process holds them all, and
-can be cached to an .npz keyed by what produced them (checkpoint, split, pooling, image size).
+batch size / device count), gathered as replicated arrays so every process holds them all.
+`FeatureCache` keeps them for one evaluation round (in memory: the k-NN and linear evaluators of
+one step share one pass) and, offline, on disk as .npz keyed by what produced them.
 """
 
-import functools
 import hashlib
 import json
 import os
@@ -16,55 +16,26 @@ import numpy as np
 from absl import logging
 
 from maelite_jax import data as data_lib
-from maelite_jax.evaluate.accuracy import round_up
-from maelite_jax.models import create_model
-from maelite_jax.models.vit import VisionTransformer
+from maelite_jax.models.mae import encoder_module
 from maelite_jax.train import mesh as mesh_lib
+from maelite_jax.utils.arrays import round_up
 
 POOLS = ("token", "avg")
 
 
-def encoder_like(model, **overrides) -> VisionTransformer:
-  """A plain ViT encoder (no head) with the architecture of `model` (a ViT or an MAE)."""
-  fields = ("image_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
-            "mlp_ratio", "dtype", "attention_impl")
-  kwargs = {f: getattr(model, f) for f in fields if hasattr(model, f)}
-  kwargs["trainable_pos_embed"] = getattr(model, "trainable_pos_embed", False)
-  kwargs.update(overrides)
-  return VisionTransformer(**kwargs)
+def encoder_of(model):
+  """The head-less ViT inside a model (an MAE, a ViT classifier, a segmentation model)."""
+  vit = getattr(model, "backbone", model)
+  return encoder_module(vit, num_classes=0)
 
 
-def load_encoder(path: str, image_size: int | None = None):
-  """(encoder, params, meta) from any checkpoint: MAE / D-MAE / MoCo-v3 pre-training, a
-  fine-tuned classifier, or imported PyTorch weights. The encoder has no head; a fine-tuned
-  avg-pool model (no final `norm`) keeps its fc_norm and pools with it."""
-  from maelite_jax.analysis.representations import encoder_from_checkpoint
-  from maelite_jax.train.checkpoint import load_params
-  loaded, meta = load_params(path)
-  model, params = encoder_from_checkpoint(loaded, meta, image_size)
-  params = {k: v for k, v in params.items() if k != "head"}
-  pool = "avg" if "norm" not in params and "fc_norm" in params else "token"
-  if pool == "token":
-    params.pop("fc_norm", None)
-  model = encoder_like(model, trainable_pos_embed="pos_embed" in params, global_pool=pool)
-  return model, params, meta
+def random_params(encoder, seed: int = 0):
+  """Freshly initialised params of `encoder` (host numpy): the baseline every protocol is run on."""
+  x = jnp.zeros((1, encoder.image_size, encoder.image_size, 3), jnp.float32)
+  return jax.device_get(jax.jit(encoder.init)(jax.random.key(seed), x)["params"])
 
 
-def random_encoder(model_cfg, seed: int = 0):
-  """(encoder, params) of a randomly initialised ViT: the baseline every protocol is run on."""
-  return _random_encoder(model_cfg.name.removeprefix("mae_"), model_cfg.image_size,
-                         model_cfg.patch_size, model_cfg.get("depth"), seed)
-
-
-@functools.lru_cache(maxsize=4)
-def _random_encoder(name, image_size, patch_size, depth, seed):
-  model = create_model(name, image_size=image_size, patch_size=patch_size, depth=depth)
-  x = jnp.zeros((1, model.image_size, model.image_size, 3), jnp.float32)
-  params = jax.jit(model.init)(jax.random.key(seed), x)["params"]
-  return model, jax.device_get(params)
-
-
-def feature_fn(encoder: VisionTransformer, pool: str = "token"):
+def feature_fn(encoder, pool: str = "token"):
   """fn(params, images) -> (B, D) float32: the cls token after the final norm ('token', MAE's
   linear probe and DINO's k-NN) or the mean of the normed patch tokens ('avg'). An encoder
   built with global_pool='avg' (a fine-tuned model) pools with its own fc_norm."""
@@ -83,7 +54,7 @@ def feature_fn(encoder: VisionTransformer, pool: str = "token"):
 
 
 def extract_features(fn, params, data_cfg, *, image_size: int, batch_size: int, mesh,
-                     split: str | None = None):
+                     split: str | None = None, progress: str = ""):
   """(features (N, D) float32, labels (N,) int32) of every example of `split`, in order."""
   batch_size = round_up(batch_size, mesh.size)
   step = jax.jit(lambda p, b: (fn(p, b["image"]), b["label"], b["mask"]),
@@ -95,26 +66,57 @@ def extract_features(fn, params, data_cfg, *, image_size: int, batch_size: int, 
     keep = np.asarray(m) > 0
     feats.append(np.asarray(f)[keep])
     labels.append(np.asarray(y)[keep])
-  return np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int32)
+  out = np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int32)
+  if progress:
+    logging.info("%s: features of %d images of %s", progress, len(out[1]),
+                 split or data_cfg.eval_split)
+  return out
 
 
-def cache_key(**fields) -> str:
-  """A short stable hash of what determines the features (checkpoint step, split, pool...)."""
-  blob = json.dumps(fields, sort_keys=True, default=str)
-  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def weights_id(params) -> str:
+  """Identifies the weights themselves, so a cache never outlives the checkpoint it came from."""
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(params):
+    a = np.asarray(jax.device_get(leaf))
+    h.update(str(a.shape).encode())
+    h.update(np.ascontiguousarray(a.ravel()[:4096]).tobytes())
+  return h.hexdigest()[:16]
 
 
-def cached(path: str | None, key: str, compute):
-  """compute() -> (features, labels), stored in `path` (.npz) and reused while `key` matches."""
-  if path and os.path.exists(path):
-    with np.load(path) as f:
-      if str(f["key"]) == key:
-        logging.info("features from cache %s", path)
-        return f["features"], f["labels"]
-  feats, labels = compute()
-  if path and jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, features=feats, labels=labels, key=np.asarray(key))
-    os.replace(tmp, path)
-  return feats, labels
+class FeatureCache:
+  """Features per (weights, split, pool, data) for one round; optionally also on disk."""
+
+  def __init__(self, directory: str | None = None):
+    self.directory = directory
+    self._memory = {}
+
+  def clear(self):
+    self._memory.clear()
+
+  def get(self, encoder, params, data_cfg, *, split: str, pool: str, batch_size: int, mesh,
+          progress: str = ""):
+    key = hashlib.sha256(json.dumps(dict(
+        weights=weights_id(params), split=split, pool=pool, dataset=data_cfg.dataset,
+        image_size=encoder.image_size, ops=str(data_cfg.eval_ops)), sort_keys=True).encode()
+        ).hexdigest()[:16]
+    if key in self._memory:
+      return self._memory[key]
+    path = None
+    if self.directory:
+      name = "".join(c if c.isalnum() else "_" for c in split)
+      path = os.path.join(self.directory, f"{name}_{key}.npz")
+      if os.path.exists(path):
+        with np.load(path) as f:
+          logging.info("features from cache %s", path)
+          self._memory[key] = (f["features"], f["labels"])
+          return self._memory[key]
+    out = extract_features(feature_fn(encoder, pool), params, data_cfg,
+                           image_size=encoder.image_size, batch_size=batch_size, mesh=mesh,
+                           split=split, progress=progress)
+    if path and jax.process_index() == 0:
+      os.makedirs(self.directory, exist_ok=True)
+      tmp = path + ".tmp.npz"
+      np.savez(tmp, features=out[0], labels=out[1])
+      os.replace(tmp, path)
+    self._memory[key] = out
+    return out

@@ -8,6 +8,9 @@ Accuracy is argmax(X_test W) on the full test split; results are averaged over s
 
 import numpy as np
 
+from maelite_jax.evaluate.base import register
+from maelite_jax.evaluate.frozen import FrozenFeatureEvaluator
+
 BIAS_CONSTANT = 100.0
 DEFAULT_L2 = 2.0**10  # big_vision's default regulariser
 
@@ -59,3 +62,18 @@ def fewshot_accuracy(train_x, train_y, test_x, test_y, *, shots=(1, 5, 10, 25), 
       accs.append(float(np.mean(ridge_predict(fit, test_x) == test_y)))
     out[s] = {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "per_seed": accs}
   return out
+
+
+@register("fewshot")
+class FewshotEvaluator(FrozenFeatureEvaluator):
+  """Ridge few-shot top-1 for each of cfg.shots (mean over cfg.seeds draws)."""
+  protocol = "fewshot"
+
+  def score(self, train_x, train_y, test_x, test_y):
+    out = fewshot_accuracy(train_x, train_y, test_x, test_y, shots=tuple(self.cfg.shots),
+                           seeds=self.cfg.seeds, l2_reg=self.cfg.l2_reg)
+    return {f"fewshot_{s}shot": r["mean"] for s, r in out.items()}
+
+  @property
+  def reported(self):
+    return {f"fewshot_{s}shot": f"top1@{s}shot" for s in self.cfg.shots}

@@ -2,8 +2,8 @@
 
 Each query's k most cosine-similar training features vote for their labels with weight
 exp(similarity / T); classes are ranked by their summed votes, giving top-1 and top-5. No
-training is involved, so it is cheap enough to run as a monitor during pre-training
-(`knn_monitor`) as well as on its own (`scripts/knn.py`).
+training is involved, so it is cheap enough to run as a monitor during pre-training (the `knn`
+evaluator of config.evals) as well as on its own (`scripts/knn.py`).
 """
 
 import functools
@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maelite_jax.evaluate import features as feat_lib
+from maelite_jax.evaluate.base import register
+from maelite_jax.evaluate.frozen import FrozenFeatureEvaluator
 
 
 def _normalize(x):
@@ -58,19 +59,24 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, *, k: int =
           "top5": float(hits[:, :min(5, k, num_classes)].sum() / n)}
 
 
-def knn_monitor(encoder, params, data_cfg, *, image_size: int, mesh, batch_size: int = 256,
-                k: int = 20, temperature: float = 0.07, pool: str = "token",
-                train_split: str | None = None, eval_split: str | None = None) -> dict:
-  """k-NN top-1/top-5 of an encoder (a head-less ViT and its params) between two splits.
+@register("knn")
+class KnnEvaluator(FrozenFeatureEvaluator):
+  """Weighted k-NN top-1/top-5: bank = cfg.bank_split, queries = cfg.query_split (cheap enough
+  to monitor pre-training every `every` steps); with cfg.baseline also on a random encoder."""
+  train_key, test_key = "bank_split", "query_split"
+  reported = {"knn_top1": "top1", "knn_top5": "top5"}
 
-  For a task's evaluate(): e.g. `knn_monitor(features.encoder_like(self.model),
-  state.params['encoder'], cfg.data, image_size=..., mesh=trainer.mesh, train_split='train')`.
-  Returns {'knn_top1', 'knn_top5'}.
-  """
-  fn = feat_lib.feature_fn(encoder, pool)
-  kw = dict(image_size=image_size, batch_size=batch_size, mesh=mesh)
-  train_split = train_split or data_cfg.get("train_split", "train")
-  x_tr, y_tr = feat_lib.extract_features(fn, params, data_cfg, split=train_split, **kw)
-  x_te, y_te = feat_lib.extract_features(fn, params, data_cfg, split=eval_split, **kw)
-  acc = knn_accuracy(x_tr, y_tr, x_te, y_te, k=k, temperature=temperature)
-  return {"knn_top1": acc["top1"], "knn_top5": acc["top5"]}
+  @property
+  def protocol(self):
+    return f"knn-k{self.cfg.k}"
+
+  def score(self, train_x, train_y, test_x, test_y):
+    acc = knn_accuracy(train_x, train_y, test_x, test_y, k=self.cfg.k,
+                       temperature=self.cfg.temperature)
+    return {"knn_top1": acc["top1"], "knn_top5": acc["top5"]}
+
+  def summary(self, scalars):
+    line = f"k-NN top-1 {100 * scalars['knn_top1']:.1f} %"
+    if "knn_top1_random" in scalars:
+      line += f" (random init {100 * scalars['knn_top1_random']:.1f} %)"
+    return line

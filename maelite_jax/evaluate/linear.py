@@ -12,7 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
+from maelite_jax.evaluate.base import register
+from maelite_jax.evaluate.frozen import FrozenFeatureEvaluator
 from maelite_jax.objectives.classification import topk_correct
 from maelite_jax.train import optim
 
@@ -86,3 +89,29 @@ def probe_accuracy(head, norm, x, y) -> dict:
   z = logits(head, jnp.asarray((x - mean) * scale))
   y = jnp.asarray(y, jnp.int32)
   return {"top1": float(topk_correct(z, y, 1).mean()), "top5": float(topk_correct(z, y, 5).mean())}
+
+
+@register("linear")
+class LinearEvaluator(FrozenFeatureEvaluator):
+  """MAE's linear probe on cached frozen features (train on cfg.train_split, test on
+  cfg.eval_split): cfg.epochs of cfg.optim at cfg.probe_batch_size; with cfg.baseline also on a
+  random encoder."""
+  protocol = "linear"
+  reported = {"linear_top1": "top1", "linear_top5": "top5"}
+
+  def score(self, train_x, train_y, test_x, test_y):
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    head, norm, history = train_linear_probe(
+        train_x, train_y, num_classes, self.cfg.optim, epochs=self.cfg.epochs,
+        batch_size=self.cfg.probe_batch_size, seed=self.run_config.seed)
+    acc = probe_accuracy(head, norm, test_x, test_y)
+    logging.info("%s: probe loss %.4f -> %.4f over %d epochs", self.name, history[0],
+                 history[-1], len(history))
+    return {"linear_top1": acc["top1"], "linear_top5": acc["top5"],
+            "linear_train_loss": float(history[-1])}
+
+  def summary(self, scalars):
+    line = f"linear probe top-1 {100 * scalars['linear_top1']:.1f} %"
+    if "linear_top1_random" in scalars:
+      line += f" (random init {100 * scalars['linear_top1_random']:.1f} %)"
+    return line

@@ -14,7 +14,7 @@ import os
 import jax
 from absl import logging
 
-from maelite_jax.evaluate import results
+from maelite_jax.train import results
 
 
 def point_name(base_lr: float, layer_decay: float) -> str:
@@ -25,24 +25,24 @@ def point_config(config, base_lr: float, layer_decay: float, *, validation: bool
   """A copy of `config` for one grid point (validation=True: train/val splits of the sweep)."""
   cfg = config.copy_and_resolve_references()
   cfg.optim.base_lr = base_lr
-  cfg.layer_decay = layer_decay
+  cfg.optim.layer_decay = layer_decay
   if validation:
     cfg.data.train_split = config.sweep.train_split
     cfg.data.eval_split = config.sweep.val_split
     cfg.protocol = f"{config.protocol}-val"
-    cfg.save_best = False
+    cfg.best_metric = ""
   return cfg
 
 
 def run_sweep(config, workdir: str, devices=None) -> dict:
   """Runs the grid (and the best point's final run); returns {'grid': rows, 'best': row, ...}."""
-  from maelite_jax.train.loop import Trainer  # the loop imports the tasks; keep imports light
+  from maelite_jax.run import train_and_evaluate
   rows = []
   for lr in config.sweep.base_lrs:
     for decay in config.sweep.layer_decays:
       name = point_name(lr, decay)
-      final = Trainer(point_config(config, lr, decay, validation=True),
-                      os.path.join(workdir, name), devices).run()
+      final = train_and_evaluate(point_config(config, lr, decay, validation=True),
+                                 os.path.join(workdir, name), devices)
       rows.append({"name": name, "base_lr": lr, "layer_decay": decay,
                    "val_top1": final.get("best_top1", final.get("top1", 0.0)),
                    "val_top1_last": final.get("top1", 0.0)})
@@ -53,11 +53,11 @@ def run_sweep(config, workdir: str, devices=None) -> dict:
   if config.sweep.rerun_best:
     cfg = point_config(config, best["base_lr"], best["layer_decay"], validation=False)
     cfg.protocol = f"{config.protocol}-swept"
-    out["test"] = Trainer(cfg, os.path.join(workdir, "best_run"), devices).run()
-    row = results.read_rows(os.path.join(workdir, "best_run"))[0]
-    results.append_row(workdir, model=row["model"], pretrain=row["pretrain"],
-                       protocol=f"{cfg.protocol}({best['name']})", dataset=row["dataset"],
-                       top1=out["test"]["top1"], top5=out["test"]["top5"])
+    out["test"] = train_and_evaluate(cfg, os.path.join(workdir, "best_run"), devices)
+    rows = [r for r in results.read_rows(os.path.join(workdir, "best_run"))
+            if r["protocol"] == cfg.protocol]
+    results.append_rows(workdir, [dict(r, protocol=f"{cfg.protocol}({best['name']})",
+                                       value=float(r["value"]) / 100) for r in rows])
   return out
 
 

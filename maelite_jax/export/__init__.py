@@ -2,11 +2,11 @@
 
 from maelite_jax.export.io import read_state_dict, strip_prefix, write_pth, write_safetensors
 from maelite_jax.export.torch_format import (FORMATS, ImportReport, from_torch_state_dict,
-                                             mae_model_args, resize_pos_embed, timm_model_args,
+                                             mae_model_args, timm_model_args,
                                              to_torch_state_dict)
 
 __all__ = [
     "FORMATS", "ImportReport", "from_torch_state_dict", "mae_model_args", "read_state_dict",
-    "resize_pos_embed", "strip_prefix", "timm_model_args", "to_torch_state_dict", "write_pth",
+    "strip_prefix", "timm_model_args", "to_torch_state_dict", "write_pth",
     "write_safetensors",
 ]

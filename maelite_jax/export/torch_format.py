@@ -19,7 +19,7 @@ from absl import logging
 from flax import traverse_util
 
 from maelite_jax.export import io
-from maelite_jax.models.posemb import sincos_2d
+from maelite_jax.models.posemb import resize_pos_table, sincos_2d
 
 FORMATS = ("timm", "mae")
 _ORDER = ("cls_token", "pos_embed", "patch_embed", "proj", "blocks", "norm", "fc_norm", "head",
@@ -111,27 +111,6 @@ def to_torch_state_dict(params: Mapping[str, Any], fmt: str = "timm", *,
   return io.cast({k: out[k] for k in sorted(out, key=_sort_key)}, dtype)
 
 
-def resize_pos_embed(table: np.ndarray, num_tokens: int, num_prefix_tokens: int = 1) -> np.ndarray:
-  """Resamples a (1, prefix + g*g, D) table to num_tokens like timm's resample_abs_pos_embed.
-
-  Bicubic with antialiasing (timm's default); jax.image.resize's Keys kernel (a = -0.5) with
-  antialias matches torch's antialiased bicubic to ~1e-6.
-  """
-  table = np.asarray(table, np.float32)
-  if table.shape[1] == num_tokens:
-    return table
-  prefix, grid = table[:, :num_prefix_tokens], table[:, num_prefix_tokens:]
-  old, new = (int(round(n**0.5)) for n in (grid.shape[1], num_tokens - num_prefix_tokens))
-  if old * old != grid.shape[1] or new * new != num_tokens - num_prefix_tokens:
-    raise ValueError(f"cannot resize a position table of {table.shape[1]} tokens to {num_tokens}: "
-                     "only square grids after the cls token are supported")
-  dim = table.shape[-1]
-  grid = jax.image.resize(jnp.asarray(grid.reshape(1, old, old, dim)), (1, new, new, dim),
-                          method="bicubic", antialias=True)
-  grid = np.asarray(grid, np.float32).reshape(1, new * new, dim)
-  return np.concatenate([prefix, grid], axis=1)
-
-
 @dataclasses.dataclass
 class ImportReport:
   """What `from_torch_state_dict` did, for logs and for the checkpoint's meta."""
@@ -216,7 +195,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], fmt: str = "timm", *, m
     value = _from_torch_leaf(path, sd.pop(key))
     if key == "pos_embed" and value.shape != leaf.shape:
       report.resized[key] = [value.shape[1], leaf.shape[1]]
-      value = resize_pos_embed(value, leaf.shape[1])
+      value = np.asarray(resize_pos_table(value, leaf.shape[1]), np.float32)
     if value.shape != leaf.shape:
       bad_shapes.append(f"{key}: file {tuple(value.shape)} (as flax) vs model {tuple(leaf.shape)}")
       continue

@@ -1,4 +1,4 @@
-"""Model registry: `create_model(name, **overrides)` builds any ViT / MAE variant by name."""
+"""Flax models (ViT with timm's names, MAE, heads, segmentation) and how to build them by name
+(`registry`) or from a config / checkpoint meta (`meta`)."""
 
-from maelite_jax.models.registry import (compute_options, create_model, list_models,  # noqa: F401
-                                         model_kwargs)
+from maelite_jax.models.registry import create_model, list_models, model_kwargs  # noqa: F401

@@ -46,6 +46,14 @@ def masked_patch_ids(noise, mask_ratio: float):
   return jnp.argsort(noise, axis=1)[:, num_kept(noise.shape[1], mask_ratio):]
 
 
+def encoder_module(model, **overrides) -> VisionTransformer:
+  """The plain ViT with the encoder arguments of `model` (an MAE or a ViT): the one place
+  that maps an MAE's fields onto its encoder (D-MAE's student, feature extraction)."""
+  fields = set(VisionTransformer.__dataclass_fields__) - {"parent", "name"}
+  kwargs = {f: getattr(model, f) for f in fields if hasattr(model, f)}
+  return VisionTransformer(**dict(kwargs, **overrides))
+
+
 class MaskedAutoencoder(nn.Module):
   image_size: int = 224
   patch_size: int = 16
@@ -65,11 +73,7 @@ class MaskedAutoencoder(nn.Module):
   remat: bool = False
 
   def setup(self):
-    self.encoder = VisionTransformer(
-        image_size=self.image_size, patch_size=self.patch_size, in_chans=self.in_chans,
-        embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads,
-        mlp_ratio=self.mlp_ratio, drop_path_rate=self.drop_path_rate, dtype=self.dtype,
-        attention_impl=self.attention_impl, scan_blocks=self.scan_blocks, remat=self.remat)
+    self.encoder = encoder_module(self)
     self.decoder_embed = nn.Dense(self.decoder_embed_dim, kernel_init=dense_init, dtype=self.dtype)
     self.mask_token = self.param("mask_token", token_init, (1, 1, self.decoder_embed_dim))
     self.decoder_blocks = [

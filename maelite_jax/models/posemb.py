@@ -5,6 +5,8 @@ the channels encodes the grid's w coordinate, the second half its h coordinate, 
 [sin, cos]; an optional all-zero row for the cls token comes first.
 """
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -28,3 +30,20 @@ def sincos_2d(dim: int, grid_size: int | tuple[int, int], cls_token: bool = Fals
   if cls_token:
     emb = np.concatenate([np.zeros((1, dim)), emb], axis=0)
   return emb.astype(np.float32)
+
+
+def resize_pos_table(table, num_tokens: int):
+  """A (1, 1 + g*g, D) position table resampled to num_tokens as timm's resample_abs_pos_embed
+  does (bicubic with antialiasing: jax.image.resize's Keys kernel, a = -0.5, matches torch's
+  antialiased bicubic to ~1e-6); the cls row is kept. Traceable under jit."""
+  if table.shape[1] == num_tokens:
+    return table
+  old, new = (int(round((n - 1)**0.5)) for n in (table.shape[1], num_tokens))
+  if old * old != table.shape[1] - 1 or new * new != num_tokens - 1:
+    raise ValueError(f"cannot resize a position table of {table.shape[1]} tokens to "
+                     f"{num_tokens}: only square grids after the cls token are supported")
+  dim = table.shape[-1]
+  grid = jax.image.resize(jnp.asarray(table[:, 1:], jnp.float32).reshape(1, old, old, dim),
+                          (1, new, new, dim), method="bicubic", antialias=True)
+  grid = grid.reshape(1, new * new, dim).astype(table.dtype)
+  return jnp.concatenate([jnp.asarray(table[:, :1]), grid], axis=1)

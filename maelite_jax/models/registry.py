@@ -1,7 +1,5 @@
 """Named model variants (REFERENCE.md's table) and the factory that builds them."""
 
-import jax.numpy as jnp
-
 from maelite_jax.models.mae import MaskedAutoencoder
 from maelite_jax.models.vit import VisionTransformer
 
@@ -25,14 +23,25 @@ def list_models() -> list[str]:
   return sorted(_VIT) + sorted(_MAE)
 
 
+def model_class(name: str):
+  """VisionTransformer or MaskedAutoencoder, by the variant's table."""
+  if name in _VIT:
+    return VisionTransformer
+  if name in _MAE:
+    return MaskedAutoencoder
+  raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+
+
+def constructor_fields(name: str) -> frozenset:
+  """The constructor arguments of a named variant's class."""
+  return frozenset(model_class(name).__dataclass_fields__) - {"parent", "name"}
+
+
 def model_kwargs(name: str, **overrides) -> dict:
   """The constructor arguments of a named variant with overrides applied (None = keep)."""
-  table = _VIT if name in _VIT else _MAE if name in _MAE else None
-  if table is None:
-    raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-  kwargs = dict(table[name])
-  cls = VisionTransformer if table is _VIT else MaskedAutoencoder
-  fields = set(cls.__dataclass_fields__) - {"parent", "name"}
+  cls = model_class(name)
+  kwargs = dict((_VIT if cls is VisionTransformer else _MAE)[name])
+  fields = constructor_fields(name)
   for key, value in overrides.items():
     if key not in fields:
       raise ValueError(f"{name} has no argument {key!r}; valid: {', '.join(sorted(fields))}")
@@ -41,15 +50,6 @@ def model_kwargs(name: str, **overrides) -> dict:
   return kwargs
 
 
-def compute_options(model_cfg) -> dict:
-  """A model config's speed switches, shared by every task: compute dtype, attention kernel,
-  scanned blocks and remat. None changes the params; all are tested equal to the plain path."""
-  return dict(dtype=jnp.dtype(model_cfg.dtype), attention_impl=model_cfg.attention_impl,
-              scan_blocks=model_cfg.get("scan_blocks", False), remat=model_cfg.get("remat", False))
-
-
 def create_model(name: str, **overrides):
   """Builds a flax module, e.g. create_model('mae_vit_tiny_patch16', image_size=32, patch_size=4)."""
-  kwargs = model_kwargs(name, **overrides)
-  cls = VisionTransformer if name in _VIT else MaskedAutoencoder
-  return cls(**kwargs)
+  return model_class(name)(**model_kwargs(name, **overrides))

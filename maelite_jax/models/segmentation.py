@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maelite_jax.models import posemb
 from maelite_jax.models.vit import LN_EPS, VisionTransformer, gelu_exact
 
 PYRAMID_SCALES = (0.25, 0.5, 1.0, 2.0)  # level stride = patch_size * scale
@@ -182,22 +183,6 @@ def with_image_size(model: SegmentationModel, image_size: int) -> SegmentationMo
   return model.clone(backbone=model.backbone.clone(image_size=image_size))
 
 
-def resize_pos_table(table, num_tokens: int):
-  """A (1, 1 + g*g, D) position table resampled to num_tokens: timm's resample_abs_pos_embed
-  (bicubic, antialiased), the same math as export.resize_pos_embed, traceable under jit."""
-  if table.shape[1] == num_tokens:
-    return table
-  old, new = (int(round((n - 1)**0.5)) for n in (table.shape[1], num_tokens))
-  if old * old != table.shape[1] - 1 or new * new != num_tokens - 1:
-    raise ValueError(f"cannot resize a position table of {table.shape[1]} tokens to "
-                     f"{num_tokens}: only square grids after the cls token are supported")
-  dim = table.shape[-1]
-  grid = jax.image.resize(jnp.asarray(table[:, 1:], jnp.float32).reshape(1, old, old, dim),
-                          (1, new, new, dim), method="bicubic", antialias=True)
-  grid = grid.reshape(1, new * new, dim).astype(table.dtype)
-  return jnp.concatenate([jnp.asarray(table[:, :1]), grid], axis=1)
-
-
 def resize_params(params: dict, model: SegmentationModel, image_size: int) -> dict:
   """params of `model` made fit for `with_image_size(model, image_size)`: a trainable pos_embed
   is resampled (fixed sin-cos tables are recomputed by the model and need nothing)."""
@@ -205,7 +190,7 @@ def resize_params(params: dict, model: SegmentationModel, image_size: int) -> di
   if "pos_embed" not in backbone or image_size == model.image_size:
     return params
   tokens = (image_size // model.backbone.patch_size)**2 + 1
-  return dict(params, backbone=dict(backbone, pos_embed=resize_pos_table(backbone["pos_embed"],
+  return dict(params, backbone=dict(backbone, pos_embed=posemb.resize_pos_table(backbone["pos_embed"],
                                                                          tokens)))
 
 

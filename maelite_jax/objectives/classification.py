@@ -12,18 +12,18 @@ import math
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def smooth_targets(labels, num_classes: int, smoothing: float = 0.0):
-  """(B,) int -> (B, C) soft targets with label smoothing (timm's on/off values)."""
-  off = smoothing / num_classes
-  return jax.nn.one_hot(labels, num_classes) * (1.0 - smoothing) + off
+  """(B,) int -> (B, C) soft targets with label smoothing: timm's on/off values, which are
+  optax's (1 - s) * one_hot + s / C."""
+  return optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing)
 
 
 def soft_cross_entropy(logits, targets):
-  """Mean over the batch of -sum(targets * log_softmax(logits))."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.mean(jnp.sum(targets * logp, axis=-1))
+  """Mean over the batch of -sum(targets * log_softmax(logits)), in float32."""
+  return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))
 
 
 def sample_mix(rng, *, image_size: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,

@@ -1,73 +1,72 @@
-"""The contract between an objective and the generic training loop.
+"""The objective contract: what a pre-training or fine-tuning method plugs into the one loop.
 
-The loop owns sharding, the optimizer, gradient accumulation, checkpoints and logging; a task
-says how to initialise its params (and non-trained `extra` state such as BatchNorm statistics,
-EMA weights or a frozen teacher), how to compute the loss, and how to draw the per-example random
-arrays (e.g. MAE masking noise) for the *global* batch, so that splitting a batch into
-micro-batches gives exactly the same update.
+Think scenic's BaseModel, narrower. An objective is a class registered under a name
+(`config.objective`, see `tasks.registry`) and built from the config alone. It never receives
+the trainer, the mesh, the data pipeline or the workdir: the loop owns sharding, the optimizer,
+gradient accumulation, checkpoints, logging and evaluation.
+
+What it implements:
+  init(rng, example) -> (params, extra)
+      `extra` is state that is saved but not trained: BatchNorm statistics, an EMA / momentum
+      encoder. `example` holds one example's arrays ({'image': (1, H, W, 3)}).
+  loss(params, extra, batch, rng, step, frozen) -> (loss, (metrics, extra))
+      Pure; differentiated w.r.t. params only. Runs per micro-batch.
+and optionally:
+  post_update(params, extra, step) -> extra
+      After the optimizer update: an EMA (MoCo-v3's momentum encoder, fine-tuning's EMA).
+  prepare_batch(rng, batch) -> batch
+      Once per step on the *global* batch, before it is split into micro-batches: MAE's masking
+      noise, mixup/cutmix and random erasing. Drawing them for the whole batch is what makes
+      gradient accumulation give exactly the full-batch update.
+  inference_params(params, extra) -> {variant: params}
+      What evaluators and the best checkpoint see ('' = the main one; e.g. 'ema' as well, or
+      the linear probe with its BatchNorm folded into the head).
+
+What it declares as data:
+  model        the flax module that `init` builds (used by evaluators: logits, features)
+  spec         its ModelSpec (name + constructor arguments), written into checkpoint meta
+  encoder_key  where the plain ViT lives in params: 'encoder', 'backbone' or '' (the whole
+               tree); pre-trained weights (config.init) are mapped there
+  fresh_keys   keys of the encoder tree never taken from another objective's checkpoint
+               (a classifier's head and fc_norm)
+  frozen       arrays the loss reads but never trains or saves (a distillation teacher) or None;
+               the loop places them on the mesh and passes them into the jitted step
+  frozen_regex parameter paths the optimizer never moves (lr 0, no weight decay)
+  head         extra model arguments for the checkpoint meta (a segmentation head) or None
 """
 
 from typing import Any
 
+from maelite_jax.models.meta import ModelSpec
 
-class Task:
-  """Base class; subclasses implement the methods below."""
-  model: Any
-  model_meta: dict
 
-  def init(self, rng, batch) -> tuple[Any, dict]:
-    """Returns (params, extra). `batch` holds abstract or real example arrays."""
+class Objective:
+  """Base class with the optional hooks' defaults; see the module docstring."""
+  name: str = ""
+  model: Any = None
+  spec: ModelSpec | None = None
+  encoder_key: str = "encoder"
+  fresh_keys: tuple[str, ...] = ()
+  frozen: Any = None
+  frozen_regex: str = ""
+  head: dict | None = None
+
+  def init(self, rng, example) -> tuple[Any, dict]:
     raise NotImplementedError
 
-  def per_example_random(self, rng, batch) -> dict:
-    """Random arrays with a leading batch axis, added to the batch before micro-batching."""
-    return {}
-
-  def loss(self, params, extra, batch, rng, step, frozen=None) -> tuple[Any, tuple[dict, dict]]:
-    """Returns (loss, (metrics, new_extra)). Pure; differentiated w.r.t. params only.
-
-    `frozen` is the pytree from `frozen()` (e.g. teacher params), passed into the jitted step
-    as an argument, sharded like params, never updated or checkpointed.
-    """
+  def loss(self, params, extra, batch, rng, step, frozen=None):
     raise NotImplementedError
 
-  def train_iterator(self, mesh, start_step: int):
-    """Global training batches for a task with its own data (segmentation: image + label map);
-    None = the loop's image pipeline."""
-    return None
+  post_update = None  # (params, extra, step) -> extra, or None when there is nothing to update
 
-  def vis_batch(self, mesh) -> dict | None:
-    """The batch `visualize` draws, for a task with its own data; None = the loop's."""
-    return None
+  def prepare_batch(self, rng, batch) -> dict:
+    del rng
+    return batch
 
-  def frozen(self) -> Any:
-    """Arrays the loss reads but never trains or saves (a distillation teacher); default none."""
-    return None
+  def inference_params(self, params, extra) -> dict:
+    del extra
+    return {"": params}
 
-  def lr_multipliers(self, params) -> Any:
-    """A tree of per-param lr factors (e.g. layer-wise lr decay), or None for all 1."""
-    return None
-
-  def adapt_pretrained(self, target: Any, loaded: Any, meta: dict) -> Any:
-    """Maps params loaded via config.init onto this task's params (numpy trees).
-
-    Default: an encoder-only checkpoint goes into the model's `encoder`, an MAE checkpoint's
-    `encoder` into a plain ViT; everything else must match exactly (checked by the loop).
-    """
-    if "encoder" in target and "encoder" not in loaded:
-      return dict(target, encoder=loaded)
-    if "encoder" in loaded and "encoder" not in target:
-      return loaded["encoder"]
-    return loaded
-
-  def evaluate(self, trainer, state, step) -> dict | None:
-    """Periodic evaluation (every config.eval_every steps and at the end); returns scalars."""
-    return None
-
-  def after_update(self, params, extra, step) -> dict:
-    """Updates `extra` after the optimizer step (e.g. an EMA); default keeps it."""
-    return extra
-
-  def visualize(self, params, extra, batch, out_path: str) -> str | None:
-    """Writes a figure for humans (PNG) from one batch; returns its path or None."""
-    return None
+  def encoder_params(self, params):
+    """The plain ViT tree inside this objective's params."""
+    return params[self.encoder_key] if self.encoder_key else params

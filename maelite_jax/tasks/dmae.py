@@ -2,7 +2,7 @@
 
 The teacher is any registry ViT loaded from a checkpoint of this project (our own pre-training
 runs, or PyTorch weights converted by scripts/import_torch.py). Its params are the task's
-`frozen()` tree: the loop places them on the mesh and passes them into the jitted step as an
+`frozen` tree: the loop places them on the mesh and passes them into the jitted step as an
 argument, so they are never differentiated, updated or written into the student's checkpoints.
 The teacher encodes exactly the student's visible tokens (the student's ids_keep).
 
@@ -23,14 +23,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maelite_jax.analysis.representations import encoder_from_checkpoint
 from maelite_jax.models.d2 import AttentionLogitsBlock
-from maelite_jax.models.mae import MaskedAutoencoder, masked_patch_ids, random_masking_ids
-from maelite_jax.models.vit import LN_EPS, VisionTransformer
+from maelite_jax.models.mae import (MaskedAutoencoder, encoder_module, masked_patch_ids,
+                                    random_masking_ids)
+from maelite_jax.models.meta import CheckpointMeta, encoder_from_meta, resolve_dtype, vit_name
+from maelite_jax.models.vit import LN_EPS
 from maelite_jax.objectives import distill as distill_obj
 from maelite_jax.objectives import mae as mae_obj
-from maelite_jax.tasks.mae import MAETask
+from maelite_jax.tasks.mae import MAE
+from maelite_jax.tasks.registry import register
 from maelite_jax.train import checkpoint as ckpt_lib
+from maelite_jax.utils.errors import ConfigError
 
 DISTILL_KEYS = ("distill_adapters", "distill_block")
 # torch's default init of the reference's Conv2d / Linear adapters: U(+-1/sqrt(fan_in)).
@@ -43,25 +46,47 @@ def resolve_layers(layers, last: int, first: int, key: str) -> tuple[int, ...]:
   for i in layers:
     j = last + 1 + i if i < 0 else i
     if not first <= j <= last:
-      raise ValueError(f"config.distill.{key}: layer {i} is outside {first}..{last} (or -1 for "
-                       "the last)")
+      raise ConfigError(f"config.distill.{key}: layer {i} is outside {first}..{last} (or -1 "
+                        "for the last). Number layers from 1 (attention) or 0 (hidden), or "
+                        "count from the end with negatives.")
     out.append(j)
   return tuple(out)
 
 
-def teacher_spec(meta: dict) -> tuple[str, VisionTransformer]:
-  """(registry ViT name, module) of the encoder a checkpoint's meta describes, as saved."""
-  model, _ = encoder_from_checkpoint({}, meta)
-  name = meta["model"]["name"]
-  return (name[len("mae_"):] if name.startswith("mae_") else name), model
+def _fail(key, problem, fix):
+  raise ConfigError(f"config.{key}: {problem}. {fix}")
 
 
-def teacher_module(meta: dict, model_cfg) -> VisionTransformer:
-  """The teacher ViT described by a checkpoint's meta, run at the student's image size, dtype
-  and attention implementation (fixed sin-cos positions are recomputed for the size)."""
-  _, model = teacher_spec(meta)
-  return model.clone(image_size=model_cfg.image_size, dtype=jnp.dtype(model_cfg.dtype),
-                     attention_impl=model_cfg.attention_impl)
+def load_teacher(config):
+  """(teacher ViT run at the student's size / dtype / attention, its params) from
+  config.teacher.init, checked against the student: it must see the student's patch grid."""
+  t, m = config.teacher, config.model
+  if not t.init or not os.path.exists(os.path.expanduser(t.init)):
+    _fail("teacher.init", f"teacher checkpoint {t.init!r} does not exist",
+          "Pass the workdir of a pre-training run (`make pretrain` writes runs/mae_tiny_cpu) or "
+          "of scripts/import_torch.py (e.g. the official MAE-Base weights).")
+  try:
+    meta = CheckpointMeta.from_dict(ckpt_lib.load_meta(t.init))
+  except (ValueError, FileNotFoundError, KeyError) as e:
+    raise ConfigError(f"config.teacher.init: cannot read the teacher's model from {t.init}: "
+                      f"{e}") from None
+  name = vit_name(meta.model.name)
+  if t.name and t.name != name:
+    _fail("teacher.name", f"{t.init} holds {name}, not {t.name}",
+          f"Use a {t.name} checkpoint or --config.teacher.name={name} ('' accepts any ViT).")
+  params, _ = ckpt_lib.load_params(os.path.abspath(os.path.expanduser(t.init)))
+  teacher, params = encoder_from_meta(meta, params)
+  if teacher.patch_size != m.patch_size:
+    _fail("teacher.init", f"the teacher's patch size {teacher.patch_size} differs from the "
+          f"student's {m.patch_size}", "The teacher must see the student's patch grid (same "
+          "visible tokens); use a teacher with the student's patch size.")
+  if teacher.image_size != m.image_size and teacher.trainable_pos_embed:
+    _fail("teacher.init", f"the teacher's learned position table is for {teacher.image_size}px, "
+          f"the student sees {m.image_size}px", "Use a teacher with fixed sin-cos positions "
+          "(a pre-trained, not fine-tuned, encoder) or the student's image size.")
+  teacher = teacher.clone(image_size=m.image_size, dtype=resolve_dtype(m.dtype),
+                          attention_impl=m.attention_impl)
+  return teacher, params
 
 
 def encode(model, params, images, keep_ids, *, attn=(), tokens=(), hidden=(), train=False,
@@ -91,37 +116,47 @@ def encode(model, params, images, keep_ids, *, attn=(), tokens=(), hidden=(), tr
   return out, aux, found
 
 
-class DMAETask(MAETask):
+@register("dmae")
+class DMAE(MAE):
+  """The MAE student + distillation adapters (+ D2's block); the teacher is `frozen`."""
+
   def __init__(self, config):
     super().__init__(config)
     m, d = self.model, config.distill
-    self.encoder = VisionTransformer(
-        image_size=m.image_size, patch_size=m.patch_size, in_chans=m.in_chans,
-        embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-        drop_path_rate=m.drop_path_rate, dtype=m.dtype, attention_impl=m.attention_impl,
-        scan_blocks=m.scan_blocks, remat=m.remat)
-    self.teacher_path = os.path.abspath(os.path.expanduser(config.teacher.init))
-    params, meta = ckpt_lib.load_params(self.teacher_path)
-    self.teacher = teacher_module(meta, config.model)
-    self.teacher_params = params["encoder"] if "encoder" in params else params
+    self.encoder = encoder_module(m)
+    self.teacher, teacher_params = load_teacher(config)
+    self.frozen = {"teacher": teacher_params}
     self.d2 = bool(d.d2)
-    self.decode_layer = d.d2_decode_layer if self.d2 else m.depth
     depth, t_depth = m.depth, self.teacher.depth
+    if self.d2 and not 1 <= d.d2_decode_layer <= depth:
+      _fail("distill.d2_decode_layer", f"{d.d2_decode_layer} is outside 1..{depth}",
+            "The decoder reads after that many student blocks (the reference: 8 of 12).")
+    self.decode_layer = d.d2_decode_layer if self.d2 else depth
+    for kind in ("attn", "hidden"):
+      s_key, t_key = f"{kind}_student_layers", f"{kind}_teacher_layers"
+      if len(d[s_key]) != len(d[t_key]):
+        _fail(f"distill.{s_key}", f"{len(d[s_key])} student layers but {len(d[t_key])} "
+              "teacher layers", f"List one teacher layer per student layer in distill.{t_key}.")
+      if d[f"{kind}_alpha"] < 0:
+        _fail(f"distill.{kind}_alpha", f"{d[f'{kind}_alpha']} is negative", "Use a weight >= 0.")
     self.attn_pairs = tuple(zip(
         resolve_layers(d.attn_student_layers, depth + self.d2, 1, "attn_student_layers"),
         resolve_layers(d.attn_teacher_layers, t_depth, 1, "attn_teacher_layers")))
     self.hidden_pairs = tuple(zip(
         resolve_layers(d.hidden_student_layers, depth, 0, "hidden_student_layers"),
         resolve_layers(d.hidden_teacher_layers, t_depth, 0, "hidden_teacher_layers")))
+    if self.attn_pairs and not d.attn_adapter and m.num_heads != self.teacher.num_heads:
+      _fail("distill.attn_adapter", f"off, but the student has {m.num_heads} heads and the "
+            f"teacher {self.teacher.num_heads}", "Set --config.distill.attn_adapter=True.")
+    if self.hidden_pairs and not d.hidden_adapter and m.embed_dim != self.teacher.embed_dim:
+      _fail("distill.hidden_adapter", f"off, but the student is {m.embed_dim} wide and the "
+            f"teacher {self.teacher.embed_dim}", "Set --config.distill.hidden_adapter=True.")
     self.attn_alpha, self.hidden_alpha = d.attn_alpha, d.hidden_alpha
     self.attn_adapter, self.hidden_adapter = d.attn_adapter, d.hidden_adapter
 
-  def frozen(self):
-    return {"teacher": self.teacher_params}
-
-  def init(self, rng, batch):
+  def init(self, rng, example):
     rng_mae, rng_adapt, rng_d2 = jax.random.split(rng, 3)
-    params, extra = super().init(rng_mae, batch)
+    params, extra = super().init(rng_mae, example)
     m, t = self.encoder, self.teacher
     adapters = {}
     shapes = ([(f"attn_s{s}_t{u}", (m.num_heads, t.num_heads)) for s, u in self.attn_pairs
@@ -200,14 +235,6 @@ class DMAETask(MAETask):
         hidden_alpha=self.hidden_alpha)
     return total, (metrics, extra)
 
-  def predict(self, params, images, noise):
+  def reconstruct(self, params, images, noise):
     out = self.student_forward(params, images, noise)
     return out["pred"], out["mask"]
-
-  def adapt_pretrained(self, target, loaded, meta):
-    """config.init may be a plain MAE checkpoint: distillation parts keep their fresh init."""
-    loaded = dict(super().adapt_pretrained(target, loaded, meta))
-    for key in DISTILL_KEYS:
-      if key in target and key not in loaded:
-        loaded[key] = target[key]
-    return loaded

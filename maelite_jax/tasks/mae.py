@@ -1,38 +1,41 @@
-"""MAE pre-training as a task of the generic loop."""
+"""MAE pre-training (the paper's main objective) as a plug-in of the one loop."""
 
-import jax
 import jax.numpy as jnp
 
-from maelite_jax.models import compute_options, create_model, model_kwargs
+from maelite_jax.models.meta import model_from_config
 from maelite_jax.objectives import mae as mae_obj
-from maelite_jax.tasks.base import Task
+from maelite_jax.tasks.base import Objective
+from maelite_jax.tasks.registry import register
+from maelite_jax.utils.errors import ConfigError
 
 
-def model_from_config(model_cfg):
-  """Builds the registry model named by config.model.name with the config's overrides."""
-  overrides = dict(image_size=model_cfg.image_size, patch_size=model_cfg.patch_size,
-                   mask_ratio=model_cfg.mask_ratio, drop_path_rate=model_cfg.drop_path_rate,
-                   depth=model_cfg.get("depth"), **compute_options(model_cfg))
-  kwargs = model_kwargs(model_cfg.name, **overrides)
-  meta_kwargs = {k: (str(jnp.dtype(v)) if k == "dtype" else v) for k, v in kwargs.items()}
-  return create_model(model_cfg.name, **overrides), {"name": model_cfg.name, "kwargs": meta_kwargs}
+def check_mask_ratio(ratio: float, num_patches: int):
+  """MAE needs at least one masked patch (the loss averages over them) and one kept patch."""
+  kept = int(num_patches * (1 - ratio))
+  if not 0.0 < ratio < 1.0 or kept < 1 or kept >= num_patches:
+    raise ConfigError(f"config.model.mask_ratio: {ratio} keeps {kept} of {num_patches} patches; "
+                      "MAE needs at least one masked and one visible patch. Use a ratio in "
+                      f"(0, 1) with 1 <= int(N * (1 - ratio)) < N, e.g. 0.75 (the paper's).")
 
 
-class MAETask(Task):
+@register("mae")
+class MAE(Objective):
+  """params = {'encoder': ViT, decoder...}; the loss is the masked-patch MSE."""
+
   def __init__(self, config):
-    self.config = config
-    self.model, self.model_meta = model_from_config(config.model)
+    self.model, self.spec = model_from_config(config.model)
     self.norm_pix_loss = config.model.norm_pix_loss
+    check_mask_ratio(self.model.mask_ratio, self.model.num_patches)
 
-  def init(self, rng, batch):
-    images = batch["image"][:1]
+  def init(self, rng, example):
+    images = example["image"][:1]
     noise = jnp.zeros((1, self.model.num_patches), jnp.float32)
-    variables = self.model.init({"params": rng}, images, noise)
-    return variables["params"], {}
+    return self.model.init({"params": rng}, images, noise)["params"], {}
 
-  def per_example_random(self, rng, batch):
-    b = batch["image"].shape[0]
-    return {"noise": mae_obj.masking_noise(rng, b, self.model.num_patches)}
+  def prepare_batch(self, rng, batch):
+    """The masking noise of the whole global batch (micro-batches slice it)."""
+    noise = mae_obj.masking_noise(rng, batch["image"].shape[0], self.model.num_patches)
+    return dict(batch, noise=noise)
 
   def loss(self, params, extra, batch, rng, step, frozen=None):
     loss, _ = mae_obj.mae_forward_loss(
@@ -40,17 +43,7 @@ class MAETask(Task):
         train=True, rngs={"droppath": rng})
     return loss, ({"loss": loss}, extra)
 
-  def predict(self, params, images, noise):
-    """(pred, mask) of the model in eval mode; subclasses with another forward override it."""
+  def reconstruct(self, params, images, noise):
+    """(pred (B, N, p*p*c), mask (B, N)) in eval mode: what the reconstruction evaluator draws."""
     out = self.model.apply({"params": params}, images, noise)
     return out["pred"], out["mask"]
-
-  def visualize(self, params, extra, batch, out_path):
-    from maelite_jax.analysis.reconstruction import save_reconstruction_grid
-    noise = mae_obj.masking_noise(jax.random.key(0), batch["image"].shape[0],
-                                  self.model.num_patches)
-    pred, mask = jax.jit(self.predict)(params, batch["image"], noise)
-    return save_reconstruction_grid(
-        out_path, images=batch["image"], pred=pred, mask=mask,
-        patch_size=self.model.patch_size, norm_pix_loss=self.norm_pix_loss,
-        mean=self.config.data.mean, std=self.config.data.std)

@@ -14,26 +14,16 @@ BatchNorm statistics are global-batch statistics (SyncBN). With gradient accumul
 for negatives and BN: a different objective from the full batch, unlike MAE's exact split.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
 from maelite_jax.models import heads
-from maelite_jax.models import compute_options, create_model, model_kwargs
+from maelite_jax.models.meta import model_from_config
 from maelite_jax.objectives import contrastive as cl
-from maelite_jax.tasks.base import Task
-from maelite_jax.train.mesh import path_str
-
-
-def encoder_from_config(model_cfg):
-  """The registry ViT named by config.model.name, with the config's overrides; and its meta."""
-  overrides = dict(image_size=model_cfg.image_size, patch_size=model_cfg.patch_size,
-                   depth=model_cfg.get("depth"), drop_path_rate=model_cfg.drop_path_rate,
-                   **compute_options(model_cfg))
-  kwargs = model_kwargs(model_cfg.name, **overrides)
-  meta_kwargs = {k: (str(jnp.dtype(v)) if k == "dtype" else v) for k, v in kwargs.items()}
-  return create_model(model_cfg.name, **overrides), {"name": model_cfg.name, "kwargs": meta_kwargs}
+from maelite_jax.tasks.base import Objective
+from maelite_jax.tasks.registry import register
+from maelite_jax.train.schedule import schedule_lengths
+from maelite_jax.utils.errors import ConfigError
 
 
 def moco_vit_init(encoder_params, rng, cls_init_std: float):
@@ -57,33 +47,40 @@ def moco_vit_init(encoder_params, rng, cls_init_std: float):
   return params
 
 
-class MoCoV3Task(Task):
+@register("mocov3")
+class MoCoV3(Objective):
   """Base encoder + projector + predictor; momentum encoder + projector as an EMA in `extra`."""
 
   def __init__(self, config):
-    self.config = config
     m = config.model
-    dtype = jnp.dtype(m.dtype)
-    self.model, self.model_meta = encoder_from_config(m)
+    self.model, self.spec = model_from_config(m)
+    dtype = self.model.dtype
     self.projector = heads.projection_mlp(m.mlp_dim, m.dim, dtype)
     self.predictor = heads.prediction_mlp(m.mlp_dim, m.dim, m.predictor_last_bn, dtype)
+    self.cls_init_std = m.cls_init_std
+    self.freeze_patch_embed = m.freeze_patch_embed
+    # freeze_patch_embed (MoCo-v3's stop_grad_conv1): lr 0, so neither Adam nor weight decay
+    # moves the random patch projection; the loss also stops its gradient.
+    self.frozen_regex = "^encoder/patch_embed/" if m.freeze_patch_embed else ""
     self.temperature = config.moco.temperature
     self.m0 = config.moco.momentum
-    if config.data.get("views", 1) != 2:
-      from maelite_jax.train.validate import ConfigError
-      raise ConfigError(f"config.data.views: {config.data.get('views', 1)} view(s), but MoCo-v3 "
-                        "contrasts two views of each image. Set --config.data.views=2.")
+    # The run length the momentum schedule spans (an epoch-based run reads the dataset's size).
+    self.total_steps = schedule_lengths(config)[0]
+    if not config.data.view2_ops:
+      raise ConfigError("config.data.view2_ops: empty, but MoCo-v3 contrasts two views of each "
+                        "image. Give the second view's ops (configs/mocov3_tiny.py's "
+                        "two_view_data sets BYOL's asymmetric pair).")
 
   # ---------------------------------------------------------------- state
 
-  def init(self, rng, batch):
+  def init(self, rng, example):
     r_enc, r_moco, r_proj, r_pred = jax.random.split(rng, 4)
-    images = batch["image"][:1]
+    images = example["image"][:1]
     encoder = self.model.init({"params": r_enc}, images)["params"]
-    encoder = moco_vit_init(encoder, r_moco, self.config.model.cls_init_std)
+    encoder = moco_vit_init(encoder, r_moco, self.cls_init_std)
     feats = jnp.zeros((2, self.model.embed_dim), jnp.float32)
     proj = self.projector.init({"params": r_proj}, feats, train=False)
-    pred = self.predictor.init({"params": r_pred}, jnp.zeros((2, self.config.model.dim)),
+    pred = self.predictor.init({"params": r_pred}, jnp.zeros((2, self.projector.out_dim)),
                                train=False)
     params = {"encoder": encoder, "projector": proj["params"], "predictor": pred["params"]}
     # The momentum branch starts as an exact copy (MoCo-v3's param_m.copy_(param_b)); jit
@@ -94,23 +91,6 @@ class MoCoV3Task(Task):
         "momentum_batch_stats": {"projector": proj["batch_stats"]},
     }
     return params, extra
-
-  def lr_multipliers(self, params):
-    """freeze_patch_embed (MoCo-v3's stop_grad_conv1): lr 0, so neither Adam nor weight decay
-    moves the random patch projection; the loss also stops its gradient."""
-    if not self.config.model.freeze_patch_embed:
-      return None
-    frozen = lambda path, _: 0.0 if path_str(path).startswith("encoder/patch_embed/") else 1.0
-    return jax.tree_util.tree_map_with_path(frozen, params)
-
-  @functools.cached_property
-  def total_steps(self) -> int:
-    """The run length the momentum schedule spans; computed on first use, since an epoch-based
-    config needs the dataset's size (tools that never trace the loss need no dataset)."""
-    if self.config.total_steps > 0:  # no data library needed (e.g. the GPU benchmark)
-      return self.config.total_steps
-    from maelite_jax.train.loop import schedule_lengths  # loop imports tasks: import lazily
-    return schedule_lengths(self.config)[0]
 
   def momentum(self, step):
     return cl.momentum_at(step, self.total_steps, self.m0)
@@ -128,7 +108,7 @@ class MoCoV3Task(Task):
     return out, new["batch_stats"]
 
   def loss(self, params, extra, batch, rng, step, frozen=None):
-    if self.config.model.freeze_patch_embed:
+    if self.freeze_patch_embed:
       encoder = dict(params["encoder"])
       encoder["patch_embed"] = jax.lax.stop_gradient(encoder["patch_embed"])
       params = dict(params, encoder=encoder)
@@ -159,7 +139,7 @@ class MoCoV3Task(Task):
                "align": cl.alignment(k1, k2), "uniform": cl.uniformity(k1)}
     return loss, (metrics, new_extra)
 
-  def after_update(self, params, extra, step):
+  def post_update(self, params, extra, step):
     """EMA of base encoder + projector into the momentum branch with m(step + 1).
 
     MoCo-v3 updates the momentum encoder at the start of step t with m(t), just before the key
@@ -170,18 +150,3 @@ class MoCoV3Task(Task):
     m = self.momentum(step + 1)
     online = {"encoder": params["encoder"], "projector": params["projector"]}
     return dict(extra, momentum=cl.ema_update(extra["momentum"], online, m))
-
-  # ---------------------------------------------------------------- monitor
-
-  def evaluate(self, trainer, state, step):
-    """Weighted k-NN top-1/top-5 of the base encoder (cls token after the final norm), bank
-    and queries from config.knn's splits; knn.k = 0 skips it."""
-    knn = self.config.knn
-    if not knn.k:
-      return None
-    from maelite_jax.evaluate.knn import knn_monitor
-    return knn_monitor(self.model, state.params["encoder"], self.config.data,
-                       image_size=self.config.model.image_size, mesh=trainer.mesh,
-                       batch_size=-(-knn.batch_size // trainer.mesh.size) * trainer.mesh.size,
-                       k=knn.k, temperature=knn.temperature, train_split=knn.bank_split,
-                       eval_split=knn.query_split)

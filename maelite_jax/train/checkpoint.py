@@ -5,19 +5,25 @@ Layout: `<workdir>/checkpoints/<step>/{state, meta}`; `state` holds the train st
 the model name and constructor arguments so that any tool can rebuild the model. Orbax writes
 each step to a temporary folder and renames it when complete, so a crash mid-save never leaves a
 half-written latest checkpoint (a leftover `<step>.orbax-checkpoint-tmp*` folder is not a step).
-Training checkpoints also carry a per-array checksum in `meta`; `restore_latest` verifies it and
-falls back to the previous step when the newest is truncated, missing files or damaged.
+Every checkpoint carries a per-array checksum in `meta`, verified on every load: `restore_latest`
+(resume) falls back to the previous step when the newest is truncated, missing files or damaged;
+`load_params` (init, teacher, evaluation, analysis, export) refuses a damaged one, naming the
+step and the array. The best evaluation's params live in `<workdir>/best/checkpoints/<step>`,
+kept by orbax's CheckpointManager with `best_fn` (one checkpoint, the best metric so far).
 """
 
 import json
 import os
-import shutil
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
+
+from maelite_jax.models.meta import CheckpointMeta, encoder_from_meta
+from maelite_jax.train.mesh import path_str
+from maelite_jax.utils.errors import CheckpointError  # noqa: F401  (re-exported)
 
 CHECKPOINT_SUBDIR = "checkpoints"
 
@@ -35,11 +41,34 @@ def make_manager(workdir: str, *, save_interval_steps: int = 1, max_to_keep: int
                                item_names=("state", "meta"))
 
 
+def make_best_manager(workdir: str, metric: str, mode: str) -> ocp.CheckpointManager:
+  """<workdir>/best/checkpoints: orbax keeps the one checkpoint whose `metric` is best."""
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=1, best_fn=lambda metrics: metrics[metric], best_mode=mode,
+      keep_checkpoints_without_metrics=False, enable_async_checkpointing=False, create=True)
+  return ocp.CheckpointManager(checkpoint_dir(os.path.join(workdir, "best")), options=options,
+                               item_names=("state", "meta"))
+
+
+def best_record(workdir: str) -> dict | None:
+  """{metric: value, ..., 'step': step} of the best checkpoint of a run, or None."""
+  best_dir = checkpoint_dir(os.path.join(workdir, "best"))
+  steps = ocp.utils.checkpoint_steps(best_dir) if os.path.isdir(best_dir) else []
+  if not steps:
+    return None
+  step = max(steps)
+  with open(os.path.join(best_dir, str(step), "metrics", "metrics")) as f:
+    return dict(json.load(f), step=step)
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: dict, meta: dict,
-         force: bool = False) -> bool:
-  """Saves when the interval says so (or force); returns whether a save started."""
+         force: bool = False, metrics: dict | None = None) -> bool:
+  """Saves `state` with its checksums in `meta` when the interval says so (or force);
+  returns whether a save started."""
+  meta = dict(meta, fingerprint=fingerprint_json(state))
   return manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force,
+      metrics=metrics)
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> dict:
@@ -47,10 +76,6 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> d
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state)))
   return restored["state"]
-
-
-class CheckpointError(RuntimeError):
-  """No checkpoint in a workdir can be restored; the message says what to do."""
 
 
 @jax.jit
@@ -74,22 +99,29 @@ def fingerprint(tree) -> dict:
 
 def fingerprint_json(tree) -> dict:
   """{leaf path: checksum} for the checkpoint's meta (JSON)."""
-  from maelite_jax.train.mesh import path_str
   sums = jax.device_get(fingerprint(tree))
   return {path_str(p): int(v) for p, v in jax.tree_util.tree_flatten_with_path(sums)[0]}
+
+
+def verify(tree: dict, meta: dict, where: str) -> None:
+  """Raises CheckpointError when `tree`'s checksums differ from those saved in `meta` (only the
+  leaves present in `tree` are compared: a params-only load checks the params)."""
+  want = (meta or {}).get("fingerprint")
+  if not want:
+    return
+  got = fingerprint_json(tree)
+  bad = sorted(k for k in got if k in want and got[k] != want[k])
+  if bad:
+    raise CheckpointError(f"checkpoint {where} is damaged: {len(bad)} array(s) differ from the "
+                          f"checksums written at save time (first: {bad[0]}). Use another step "
+                          "(or the run's previous checkpoint) or restore the files from a copy.")
 
 
 def restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> dict:
   """restore() plus a check against the fingerprint saved in meta (when there is one)."""
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-  want = (restored["meta"] or {}).get("fingerprint")
-  if want:
-    got = fingerprint_json(restored["state"])
-    bad = sorted(k for k in want if got.get(k) != want[k])
-    if bad:
-      raise CheckpointError(f"{len(bad)} array(s) differ from the checksums written at save "
-                            f"time (first: {bad[0]}): the files were damaged after saving")
+  verify(restored["state"], restored["meta"], os.path.join(str(manager.directory), str(step)))
   return restored["state"]
 
 
@@ -185,11 +217,13 @@ def load_params(path: str) -> tuple[Any, dict]:
   checkpointer = ocp.PyTreeCheckpointer()
   tree_meta = checkpointer.metadata(os.path.join(step_dir, "state")).item_metadata
   if "params" not in tree_meta:
-    raise ValueError(f"checkpoint {step_dir} has no 'params' entry (found {list(tree_meta)})")
+    raise CheckpointError(f"checkpoint {step_dir} has no 'params' entry (found "
+                          f"{list(tree_meta)}): it was not written by this project.")
   # Restored as host numpy arrays: no device placement or sharding needed to read weights.
   restore_args = jax.tree.map(_np_restore_arg, tree_meta)
   restored = checkpointer.restore(
       os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  verify({"params": restored["params"]}, meta, step_dir)
   logging.info("loaded params of step %d from %s", step, step_dir)
   return restored["params"], meta
 
@@ -208,23 +242,11 @@ def save_params(workdir: str, params: Any, meta: dict, step: int = 0) -> str:
   return os.path.join(checkpoint_dir(workdir), str(step))
 
 
-def keep_best(workdir: str, params, meta: dict, step: int, scores: dict, key: str,
-              save_params_too: bool = True) -> dict:
-  """Keeps <workdir>/best.json (scores + step of the best `key` so far) and, when it improves,
-  the params in <workdir>/best. Survives resumes; returns the best record."""
-  path = os.path.join(workdir, "best.json")
-  best = {key: -1.0, "step": 0}
-  if os.path.exists(path):
-    with open(path) as f:
-      best = json.load(f)
-  if scores[key] > best[key]:
-    best = dict(scores, step=int(step))
-    if save_params_too:
-      best_dir = os.path.join(workdir, "best")
-      if jax.process_index() == 0:
-        shutil.rmtree(best_dir, ignore_errors=True)
-      save_params(best_dir, jax.device_get(params), meta, step=int(step))
-    if jax.process_index() == 0:
-      with open(path, "w") as f:
-        json.dump(best, f)
-  return best
+def load_encoder(path: str, image_size: int | None = None):
+  """(head-less ViT encoder, its params (numpy), CheckpointMeta) of any checkpoint: MAE / D-MAE
+  / MoCo-v3 pre-training, a fine-tuned classifier (an avg-pool one keeps its fc_norm), a
+  segmentation backbone, or imported PyTorch weights. image_size overrides the model's."""
+  params, meta = load_params(path)
+  meta = CheckpointMeta.from_dict(meta)
+  model, params = encoder_from_meta(meta, params, image_size, drop_head=True)
+  return model, params, meta

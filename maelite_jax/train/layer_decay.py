@@ -26,6 +26,14 @@ def layer_id(path: str, depth: int) -> int:
   return depth + 1
 
 
+def encoder_depth(params) -> int:
+  """Blocks of the ViT inside a params tree (1 + the highest blocks_i index; decoder_blocks and
+  other trees' blocks are not counted)."""
+  ids = [int(m.group(1)) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+         for m in [_BLOCK.search(path_str(p) + "/")] if m]
+  return max(ids) + 1 if ids else 0
+
+
 def layer_decay_multipliers(params, depth: int, decay: float):
   """A tree like `params` holding each leaf's lr scale (all 1.0 when decay is 1)."""
   def scale(path, _):

@@ -29,12 +29,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def path_str(path) -> str:
-  """'opt_state/0/mu/encoder/blocks_0/attn/qkv/kernel' style name of a pytree key path."""
-  parts = []
-  for k in path:
-    name = getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
-    parts.append(str(name))
-  return "/".join(parts)
+  """'opt_state/0/mu/encoder/blocks_0/attn/qkv/kernel': the name the sharding, weight-decay,
+  frozen-parameter and checksum rules match (jax's keystr with '/' between keys)."""
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def fsdp_spec(shape, n: int) -> P:

@@ -1,10 +1,17 @@
-"""Optimizer pieces from config: scaled lr, warm-up + cosine (or poly) per step, AdamW, wd mask,
-clipping."""
+"""Optimizer pieces from config: scaled lr, warm-up + cosine (or poly) per step, AdamW / SGD /
+LARS, weight-decay mask, clipping, and per-parameter lr factors (layer-wise decay, frozen
+parameters)."""
+
+import re
 
 import jax
 import optax
 
+from maelite_jax.train.layer_decay import encoder_depth, layer_decay_multipliers
 from maelite_jax.train.mesh import path_str
+
+OPTIMIZERS = ("adamw", "sgd", "lars")
+SCHEDULES = ("cosine", "poly")
 
 
 def scaled_lr(optim_cfg, global_batch: int) -> float:
@@ -20,11 +27,8 @@ def lr_schedule(optim_cfg, global_batch: int, total_steps: int, warmup_steps: in
   """
   peak = scaled_lr(optim_cfg, global_batch)
   warmup_steps = min(warmup_steps, total_steps)
-  schedule = optim_cfg.get("schedule", "cosine")
-  if schedule not in ("cosine", "poly"):
-    raise ValueError(f"config.optim.schedule={schedule!r} is unknown; use 'cosine' or 'poly'")
-  if schedule == "poly":
-    poly = optax.polynomial_schedule(peak, optim_cfg.min_lr, optim_cfg.get("poly_power", 1.0),
+  if optim_cfg.schedule == "poly":
+    poly = optax.polynomial_schedule(peak, optim_cfg.min_lr, optim_cfg.poly_power,
                                      max(total_steps - warmup_steps, 1))
     if warmup_steps <= 0:
       return poly
@@ -41,7 +45,6 @@ def weight_decay_mask(params, no_decay_regex: str = "", decay_all: bool = False)
   Tokens such as cls_token / mask_token are 3-D and therefore decayed, as in the reference.
   decay_all=True decays 1-D tensors too (MoCo-v3 passes all parameters to one AdamW group).
   """
-  import re
   pattern = re.compile(no_decay_regex) if no_decay_regex else None
 
   def decay(path, leaf):
@@ -66,10 +69,23 @@ def scale_by_tree(multipliers) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def lr_multipliers(params, *, layer_decay: float = 1.0, frozen_regex: str = ""):
+  """Per-parameter lr factors, or None when all are 1: layer-wise decay (depth read from the
+  encoder's blocks) times 0 for the parameters matching `frozen_regex` (never moved)."""
+  out = None
+  if layer_decay < 1.0:
+    out = layer_decay_multipliers(params, encoder_depth(params), layer_decay)
+  if frozen_regex:
+    pattern = re.compile(frozen_regex)
+    base = out if out is not None else jax.tree.map(lambda _: 1.0, params)
+    out = jax.tree_util.tree_map_with_path(
+        lambda p, m: 0.0 if pattern.search(path_str(p)) else m, base)
+  return out
+
+
 def build_optimizer(optim_cfg, schedule, params_for_mask, lr_multipliers=None):
-  """AdamW (or SGD) with the config's decay mask, optional clipping and lr multipliers."""
-  mask = weight_decay_mask(params_for_mask, optim_cfg.no_decay_regex,
-                           optim_cfg.get("decay_all", False))
+  """AdamW, SGD or LARS with the config's decay mask, optional clipping and lr multipliers."""
+  mask = weight_decay_mask(params_for_mask, optim_cfg.no_decay_regex, optim_cfg.decay_all)
   if optim_cfg.name == "adamw":
     opt = optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
                       weight_decay=optim_cfg.weight_decay, mask=mask)
@@ -80,8 +96,7 @@ def build_optimizer(optim_cfg, schedule, params_for_mask, lr_multipliers=None):
     opt = optax.lars(schedule, weight_decay=optim_cfg.weight_decay, weight_decay_mask=mask,
                      trust_coefficient=0.001, trust_ratio_mask=mask, momentum=optim_cfg.b1)
   else:
-    raise ValueError(f"config.optim.name={optim_cfg.name!r} is unknown; use 'adamw', 'sgd' or "
-                     "'lars'")
+    raise ValueError(f"config.optim.name={optim_cfg.name!r} is unknown; use one of {OPTIMIZERS}")
   if lr_multipliers is not None:
     opt = optax.chain(opt, scale_by_tree(lr_multipliers))
   if optim_cfg.grad_clip and optim_cfg.grad_clip > 0:

@@ -1,7 +1,7 @@
-"""The jitted training step: per-example randomness, gradient accumulation, optimizer update.
+"""The jitted training step: global-batch randomness, gradient accumulation, optimizer update.
 
-Per-example random arrays (e.g. MAE masking noise) are drawn for the whole global batch before
-it is split into micro-batches, and micro-batch j takes the j-th contiguous slice of every
+The objective's `prepare_batch` (MAE's masking noise, mixup) runs on the whole global batch
+before it is split into micro-batches, and micro-batch j takes the j-th contiguous slice of every
 device's rows, so that it stays spread over all devices; the averaged gradients then equal one
 full-batch step.
 A NaN/Inf loss or gradient never reaches the params: the update is skipped inside the step and
@@ -50,18 +50,18 @@ def _split_micro(x, k: int, mesh):
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, DATA_AXIS)))
 
 
-def make_train_step(task, optimizer, mesh, *, accum_steps: int = 1, base_rng_seed: int = 0):
-  """Returns step(state, batch) -> (state, metrics); rng = fold_in(key(seed), step)."""
+def make_train_step(objective, optimizer, mesh, *, accum_steps: int = 1, base_rng_seed: int = 0):
+  """Returns step(state, batch, frozen) -> (state, metrics); rng = fold_in(key(seed), step)."""
 
   def step_fn(state: TrainState, batch, frozen=None):
     def loss_and_grad(params, extra, batch, rng, step):
-      (loss, (metrics, extra)), grads = jax.value_and_grad(task.loss, has_aux=True)(
+      (loss, (metrics, extra)), grads = jax.value_and_grad(objective.loss, has_aux=True)(
           params, extra, batch, rng, step, frozen)
       return loss, grads, metrics, extra
 
     rng = jax.random.fold_in(jax.random.key(base_rng_seed), state.step)
     rng_example, rng_loss = jax.random.split(rng)
-    batch = dict(batch, **task.per_example_random(rng_example, batch))
+    batch = objective.prepare_batch(rng_example, batch)
     if accum_steps == 1:
       loss, grads, metrics, extra = loss_and_grad(state.params, state.extra, batch, rng_loss,
                                                   state.step)
@@ -92,9 +92,10 @@ def make_train_step(task, optimizer, mesh, *, accum_steps: int = 1, base_rng_see
     if "lr_scale" in guard:  # a rollback's lr cut: scaling the final update scales the lr
       updates = jax.tree.map(lambda u: u * guard["lr_scale"].astype(u.dtype), updates)
     params = optax.apply_updates(state.params, updates)
-    extra = task.after_update(params, extra, state.step)
+    if objective.post_update is not None:
+      extra = objective.post_update(params, extra, state.step)
     # A non-finite loss or gradient skips the whole update (params, optimizer moments and count,
-    # task state); the step still advances so the data moves on. The loop applies the policy.
+    # the objective's extra state); the step still advances so the data moves on. The loop applies the policy.
     # A select, not lax.cond: on GPU a cond copies its predicate to the host every step.
     keep = lambda new, old: jnp.where(finite, new, old)
     params, opt_state, extra = jax.tree.map(keep, (params, opt_state, extra),

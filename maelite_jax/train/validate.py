@@ -1,21 +1,33 @@
-"""Config checks that run before anything is compiled, each naming the key and the fix."""
+"""Config checks that run before anything is compiled, each naming the key and the fix.
+
+Objective-specific checks (a D-MAE teacher that fits the student, MAE's mask ratio, MoCo-v3's
+second view) live in the objective plug-ins, which raise the same ConfigError when built.
+"""
 
 import os
 import shutil
 import tempfile
 
 from maelite_jax.models import list_models
-
+from maelite_jax.models.meta import DTYPES
+from maelite_jax.train.optim import OPTIMIZERS, SCHEDULES
+from maelite_jax.utils.errors import ConfigError
 
 NONFINITE_POLICIES = ("skip", "rollback", "stop")
-
-
-class ConfigError(ValueError):
-  """A config value that cannot work; the message says which key and what to change."""
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+BEST_MODES = ("max", "min")
 
 
 def _fail(key: str, problem: str, fix: str):
   raise ConfigError(f"config.{key}: {problem}. {fix}")
+
+
+def _choice(config, key: str, choices, what: str = ""):
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  if node not in choices:
+    _fail(key, f"{node!r} is unknown", f"Use one of {tuple(choices)}{what}.")
 
 
 def validate_config(config, *, num_devices: int, workdir: str | None = None,
@@ -31,13 +43,26 @@ def validate_config(config, *, num_devices: int, workdir: str | None = None,
     _fail("model.image_size", f"{m.image_size} is not a positive multiple of "
           f"model.patch_size={m.patch_size}",
           "Pick an image size divisible by the patch size (e.g. 224/16, 32/4).")
-  if "mask_ratio" in m and not 0.0 <= m.mask_ratio < 1.0:
-    _fail("model.mask_ratio", f"{m.mask_ratio} is outside [0, 1)", "MAE uses 0.75.")
+  _choice(config, "model.dtype", DTYPES, " ('auto' = bfloat16 on GPU/TPU, float32 on CPU)")
+  _choice(config, "model.attention_impl", ATTENTION_IMPLS)
+  _choice(config, "optim.name", OPTIMIZERS)
+  _choice(config, "optim.schedule", SCHEDULES)
+  _choice(config, "nonfinite_policy", NONFINITE_POLICIES,
+          ": 'skip' drops the update and counts it, 'rollback' restores the last checkpoint "
+          "with a lower lr, 'stop' raises and keeps the last good checkpoint")
+  if config.best_metric:
+    _choice(config, "best_mode", BEST_MODES)
   b = config.batch_size
-  if b <= 0 or b % num_devices:
+  if b <= 0:
+    _fail("batch_size", f"{b} is not positive", "Use the global batch size, e.g. 4096 (split "
+          "over the devices).")
+  if b % num_devices:
     _fail("batch_size", f"global batch {b} is not divisible by the {num_devices} devices",
           f"Use a multiple of {num_devices} (the batch is split evenly over devices).")
   mb = config.micro_batch_size
+  if mb < 0:
+    _fail("micro_batch_size", f"{mb} is negative",
+          "Use 0 (the whole batch at once) or a divisor of batch_size.")
   if mb and mb < b:
     if b % mb:
       _fail("micro_batch_size", f"{mb} does not divide batch_size={b}",
@@ -45,88 +70,30 @@ def validate_config(config, *, num_devices: int, workdir: str | None = None,
     if mb % num_devices:
       _fail("micro_batch_size", f"{mb} is not divisible by the {num_devices} devices",
             f"Use a multiple of {num_devices}.")
-  if config.total_steps <= 0 and config.total_epochs <= 0:
+  if config.total_steps < 0:
+    _fail("total_steps", f"{config.total_steps} is negative",
+          "Use a positive number of steps, or 0 to take the run length from total_epochs.")
+  if config.total_steps == 0 and config.total_epochs <= 0:
     _fail("total_steps", "neither total_steps nor total_epochs is positive",
           "Set --config.total_steps=N (or --config.total_epochs=E).")
   if config.optim.base_lr <= 0:
     _fail("optim.base_lr", f"{config.optim.base_lr} is not positive", "MAE uses 1.5e-4.")
-  for key in ("log_every", "checkpoint_every"):
-    if config[key] <= 0:
-      _fail(key, f"{config[key]} is not positive", "Use a step interval >= 1.")
+  for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
+    if config[key] < 1:
+      _fail(key, f"{config[key]} is below 1", "Use an integer >= 1 (keep_checkpoints >= 1: the "
+            "final checkpoint is never deleted)." if key == "keep_checkpoints" else
+            "Use a step interval >= 1.")
+  if not 0.0 < config.nonfinite_lr_factor <= 1.0:
+    _fail("nonfinite_lr_factor", f"{config.nonfinite_lr_factor} is outside (0, 1]",
+          "Each rollback multiplies the lr by it; e.g. 0.5.")
   if check_data:
     from maelite_jax import data as data_lib  # imports tensorflow: only where data is read
-    try:
-      data_lib.validate_data_config(config.data)
-    except ValueError as e:
-      raise ConfigError(f"config.data: {e}") from None
+    data_lib.validate_data_config(config.data, m.image_size)
   if config.init and not os.path.exists(os.path.expanduser(config.init)):
     _fail("init", f"{config.init} does not exist",
           "Pass a workdir, WORKDIR/checkpoints or a step folder, or leave it empty.")
-  policy = config.get("nonfinite_policy", "skip")
-  if policy not in NONFINITE_POLICIES:
-    _fail("nonfinite_policy", f"{policy!r} is unknown",
-          "Use 'skip' (drop the update, count it), 'rollback' (last checkpoint, lower lr) or "
-          "'stop' (error, keep the last good checkpoint).")
-  factor = config.get("nonfinite_lr_factor", 0.5)
-  if not 0.0 < factor <= 1.0:
-    _fail("nonfinite_lr_factor", f"{factor} is outside (0, 1]",
-          "Each rollback multiplies the lr by it; e.g. 0.5.")
-  if config.objective == "dmae":
-    _check_dmae(config)
   if workdir is not None:
     _check_workdir(workdir)
-
-
-def _check_dmae(config):
-  """The teacher exists and cuts the student's patch grid; layers and adapters fit both."""
-  from maelite_jax.models import model_kwargs
-  from maelite_jax.tasks import dmae
-  from maelite_jax.train.checkpoint import load_meta
-  t, d, m = config.teacher, config.distill, config.model
-  if not t.init or not os.path.exists(os.path.expanduser(t.init)):
-    _fail("teacher.init", f"teacher checkpoint {t.init!r} does not exist",
-          "Pass the workdir of a pre-training run (`make pretrain` writes runs/mae_tiny_cpu) or "
-          "of scripts/import_torch.py (e.g. the official MAE-Base weights).")
-  try:
-    name, teacher = dmae.teacher_spec(load_meta(t.init))
-  except (ValueError, FileNotFoundError, KeyError) as e:
-    raise ConfigError(f"config.teacher.init: cannot read the teacher's model from {t.init}: "
-                      f"{e}") from None
-  if t.name and t.name != name:
-    _fail("teacher.name", f"{t.init} holds {name}, not {t.name}",
-          f"Use a {t.name} checkpoint or --config.teacher.name={name} ('' accepts any ViT).")
-  if teacher.patch_size != m.patch_size:
-    _fail("teacher.init", f"the teacher's patch size {teacher.patch_size} differs from the "
-          f"student's {m.patch_size}", "The teacher must see the student's patch grid (same "
-          "visible tokens); use a teacher with the student's patch size.")
-  if teacher.image_size != m.image_size and teacher.trainable_pos_embed:
-    _fail("teacher.init", f"the teacher's learned position table is for {teacher.image_size}px, "
-          f"the student sees {m.image_size}px", "Use a teacher with fixed sin-cos positions "
-          "(a pre-trained, not fine-tuned, encoder) or the student's image size.")
-  student = model_kwargs(m.name, depth=m.get("depth"))
-  depth = student["depth"]
-  if d.d2 and not 1 <= d.d2_decode_layer <= depth:
-    _fail("distill.d2_decode_layer", f"{d.d2_decode_layer} is outside 1..{depth}",
-          "The decoder reads after that many student blocks (the reference: 8 of 12).")
-  for kind, first, s_last in (("attn", 1, depth + bool(d.d2)), ("hidden", 0, depth)):
-    s_key, t_key = f"{kind}_student_layers", f"{kind}_teacher_layers"
-    try:
-      dmae.resolve_layers(d[s_key], s_last, first, s_key)
-      dmae.resolve_layers(d[t_key], teacher.depth, first, t_key)
-    except ValueError as e:
-      raise ConfigError(str(e)) from None
-    if len(d[s_key]) != len(d[t_key]):
-      _fail(f"distill.{s_key}", f"{len(d[s_key])} student layers but {len(d[t_key])} "
-            "teacher layers", f"List one teacher layer per student layer in distill.{t_key}.")
-    if d[f"{kind}_alpha"] < 0:
-      _fail(f"distill.{kind}_alpha", f"{d[f'{kind}_alpha']} is negative", "Use a weight >= 0.")
-  if d.attn_student_layers and not d.attn_adapter and student["num_heads"] != teacher.num_heads:
-    _fail("distill.attn_adapter", f"off, but the student has {student['num_heads']} heads and "
-          f"the teacher {teacher.num_heads}", "Set --config.distill.attn_adapter=True.")
-  if (d.hidden_student_layers and not d.hidden_adapter
-      and student["embed_dim"] != teacher.embed_dim):
-    _fail("distill.hidden_adapter", f"off, but the student is {student['embed_dim']} wide and "
-          f"the teacher {teacher.embed_dim}", "Set --config.distill.hidden_adapter=True.")
 
 
 def _check_workdir(workdir: str, min_free_bytes: int = 100 * 2**20, need: str = "checkpoints"):

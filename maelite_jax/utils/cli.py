@@ -1,77 +1,109 @@
-"""What every entry point shares: --config / --workdir / --distributed, quiet logs, multi-host
-start, and config errors reported as one readable line instead of a traceback."""
+"""What every entry point shares: --config / --workdir / --distributed flags, quiet logs,
+multi-host start, and one error path.
 
+Exit codes (documented in the README):
+  0   finished
+  1   a crash (a bug): the traceback is printed
+  2   a user error (config, data, checkpoint, import/export file, full disk, missing file): one
+      paragraph naming the problem and the fix, no traceback (`--debug` or MAELITE_DEBUG=1
+      shows it)
+  75  preempted (SIGTERM/SIGINT): the checkpoint is written, rerun the same command to resume
+"""
+
+import errno
+import os
+import shutil
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from maelite_jax.utils import distributed as distributed_lib
+from maelite_jax.utils.errors import UserError
+
+# TensorFlow's C++ INFO lines (oneDNN notices at import) are not ours; warnings still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 75
+DEBUG_ENV = "MAELITE_DEBUG"
+
+_DEBUG = flags.DEFINE_bool("debug", False, f"show tracebacks of user errors (also {DEBUG_ENV}=1)")
 
 
-def define_flags(config_help: str):
-  """Defines the common flags; returns their holders (config, workdir, distributed)."""
+def define_flags(config_help: str, workdir_help: str = "where checkpoints, metrics and results "
+                 "go"):
+  """Defines --config (with --config.* overrides), --workdir and the multi-host flags; returns
+  their holders (config, workdir)."""
   config = config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
-  workdir = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and results go")
-  # --distributed, --coordinator_address, --num_processes, --process_id (multi-host start)
-  distributed = distributed_lib.define_flags()
+  workdir = flags.DEFINE_string("workdir", None, workdir_help)
+  distributed_lib.define_flags()
   flags.mark_flags_as_required(["config", "workdir"])
-  return config, workdir, distributed
+  return config, workdir
 
 
-def start(argv, config, distributed: bool):
+def start(argv, config=None):
   """Checks argv, quiets library logs, starts multi-host JAX when asked; returns config."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax
   from maelite_jax.utils.logs import quiet_library_logs
   quiet_library_logs()
-  distributed_lib.initialize_from_flags(config, enabled=distributed)
+  distributed_lib.initialize_from_flags(config)
   logging.info("JAX %s: %d process(es), %d device(s): %s", jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].device_kind)
   return config
 
 
-def guarded(fn, *args, **kwargs):
-  """Runs fn; a bad config or missing checkpoint exits with its message (no traceback)."""
-  from maelite_jax.train.validate import ConfigError
-  try:
-    return fn(*args, **kwargs)
-  except (ConfigError, FileNotFoundError) as e:
-    logging.error("%s", e)
-    sys.exit(f"error: {e}")
+def _debug() -> bool:
+  return os.environ.get(DEBUG_ENV) == "1" or ("debug" in flags.FLAGS and flags.FLAGS.debug
+                                             if flags.FLAGS.is_parsed() else False)
 
 
-_STARTED = {"main": False}
+def user_error_message(e: BaseException) -> str | None:
+  """The one paragraph for a user error, or None for a bug."""
+  if isinstance(e, UserError):
+    return str(e)
+  if isinstance(e, FileNotFoundError):
+    return f"{e}. Check the path."
+  if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+    where = e.filename or os.getcwd()
+    probe = where
+    while probe and not os.path.exists(probe):
+      probe = os.path.dirname(probe)
+    free = shutil.disk_usage(probe or ".").free / 2**20
+    device = os.stat(probe or ".").st_dev
+    return (f"no space left on the device holding {where} (device {device >> 8}:{device & 0xff}, "
+            f"{free:.0f} MiB free). Free space or move the workdir; a rerun resumes from the "
+            "last complete checkpoint (incomplete ones are ignored).")
+  return None
 
 
-def run(main):
-  """app.run(main) at INFO verbosity, turning an error raised while parsing `--config.*`
-  overrides (unknown key, wrong type) into a short message instead of a traceback."""
+def run(main, flags_parser=None, verbosity=logging.INFO):
+  """app.run(main) with the one error path (see the module docstring)."""
+  started = {"main": False}
+
   def wrapped(argv):
-    _STARTED["main"] = True
-    return main(argv)
+    started["main"] = True
+    try:
+      return main(argv)
+    except Exception as e:  # noqa: BLE001 - classified below; bugs are re-raised
+      message = user_error_message(e)
+      if message is None or _debug():
+        raise
+      logging.error("%s", message)
+      print(f"error: {message}", file=sys.stderr, flush=True)
+      sys.exit(EXIT_USER_ERROR)
 
-  logging.set_verbosity(logging.INFO)
+  logging.set_verbosity(verbosity)
   try:
-    app.run(wrapped)
+    app.run(wrapped, **({"flags_parser": flags_parser} if flags_parser else {}))
   except (AttributeError, KeyError, TypeError, ValueError) as e:
-    if _STARTED["main"]:
+    if started["main"]:
       raise
+    # An error while parsing --config.* overrides (unknown key, wrong type) or loading the file.
     msg = str(e).strip("'\"").replace("\\'", "'").replace("\\n", " ")
-    sys.exit(f"config error: {msg}\nCheck the key names and types of your --config.* flags "
-             "against the config file (unknown keys and wrong types are rejected).")
-
-
-def run_protocol(protocol: str):
-  """Entry point of the frozen-feature evaluation scripts (knn, linear, fewshot): the same flags
-  and config, one protocol each, results appended to the workdir's results.csv."""
-  config_flag, workdir_flag, distributed_flag = define_flags("configs/linprobe_tiny.py[:variant]")
-
-  def main(argv):
-    config = start(argv, config_flag.value, distributed_flag.value)
-    from maelite_jax.evaluate.protocols import PROTOCOLS
-    out = guarded(PROTOCOLS[protocol], config, workdir_flag.value)
-    logging.info("%s: %s", protocol, out)
-
-  run(main)
+    print(f"error: config: {msg}. Check the key names and types of your --config.* flags "
+          "against the config file (unknown keys and wrong types are rejected).",
+          file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)

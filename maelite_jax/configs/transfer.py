@@ -23,8 +23,8 @@ Low-resolution sets (CIFAR, 32 px) are upsampled to 224 by the crop, as the refe
 
 import ml_collections
 
-from configs import common
-from configs.finetune_tiny import builtin_sizes, finetune_skeleton
+from maelite_jax.configs import common
+from maelite_jax.configs.finetune_tiny import builtin_sizes, finetune_skeleton, finetune_views
 
 # name -> (dataset, classes, train split, eval split, val split for sweeps, epochs, warm-up, lr@512)
 PRESETS = {
@@ -53,13 +53,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.total_epochs = float(epochs)
   config.optim.update(name="sgd", b1=0.9, weight_decay=0.0, grad_clip=1.0, base_lr=lr,
                       lr_scale_batch=512, warmup_epochs=float(warmup), min_lr=0.0)
-  config.layer_decay = 0.75
+  config.optim.layer_decay = 0.75
   config.model.num_classes = classes
   config.augment.update(mixup=0.0, cutmix=0.0, label_smoothing=0.0, reprob=0.0)
   config.data = common.data_config(dataset, train_split=train, eval_split=test)
-  config.data.randaugment = ""
-  config.data.eval_crop_pct = 0.875
-  config.eval_batch_size = 500
+  finetune_views(config.data, randaugment="")
+  config.evals.accuracy.batch_size = 500
   config.checkpoint_every = 500
   config.eval_every = 1000
   config.sweep.update(base_lrs=(lr / 3, lr, lr * 3), layer_decays=(0.65, 0.75, 0.85),
@@ -68,10 +67,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     builtin_sizes(config)
     config.init = "runs/mae_tiny_cpu"
     config.batch_size = 128
-    config.total_steps = 300
-    config.optim.warmup_steps = 30
-    config.data.crop_scale = (0.35, 1.0)
-    config.eval_batch_size = 1000
+    config.total_steps = 300  # the warm-up stays the preset's fraction: 10 %, 30 steps
+    config.evals.accuracy.batch_size = 1000
     config.log_every = 50
   config.lock()
   return config

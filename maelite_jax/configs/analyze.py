@@ -14,7 +14,7 @@ Variants:
 
 import ml_collections
 
-from configs import common
+from maelite_jax.configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -26,56 +26,51 @@ import os
 import ml_collections
 from absl import logging
 
-from configs import common
-from configs.finetune_tiny import NO_DECAY_TOKENS
+from maelite_jax.configs import common
+from maelite_jax.configs.finetune_tiny import NO_DECAY_TOKENS
 
 CPU_INIT = "runs/mae_tiny_cpu"
 
 
-def seg_data(dataset: str, **overrides) -> ml_collections.ConfigDict:
-  """Keys read by maelite_jax.data.segmentation (plus what the generic data check reads)."""
-  cfg = ml_collections.ConfigDict(dict(
-      dataset=dataset,
-      data_dir=ml_collections.config_dict.placeholder(str),
-      train_split="train",
-      eval_split="test",
-      image_key="image",
-      label_key=ml_collections.config_dict.placeholder(str),  # None: the dataset's preset
-      reduce_zero_label=False,  # imagefolder: 0 -> ignore, k -> k - 1 (ADE20K's files)
-      shuffle_buffer=10_000,
-      cache=False,
-      prefetch=2,
-      check_images=True,
-      mean=common.IMAGENET_MEAN,
-      std=common.IMAGENET_STD,
-      scale_range=(0.5, 2.0),   # random rescale factor r
-      base_size=ml_collections.config_dict.placeholder(int),  # short side at r = 1 (None: crop)
-      max_ratio=4.0,            # long side <= max_ratio * base_size * r (mmseg's 2048 / 512)
-      hflip=True,
-      eval_size=ml_collections.config_dict.placeholder(int),  # eval canvas side (None: crop)
-  ))
+def seg_data(dataset: str, *, base_size=None, scale_range=(0.5, 2.0), max_ratio=4.0,
+             **overrides) -> ml_collections.ConfigDict:
+  """The one pipeline's data config for (image, class map) pairs: mmseg's training view
+  (random rescale of the short side to base_size * r, r ~ U(scale_range), long side <=
+  max_ratio * base_size * r; pad; random crop of the model's size; flip) and the evaluation
+  canvas (long side to the evaluator's image_size, padded square)."""
+  cfg = common.data_config(dataset, label_type="map", label_key=common.placeholder(str),
+                           eval_ops=(("seg_eval_view", {}),))
+  cfg.train_ops = (("seg_rescale_crop_flip", dict(base_size=base_size,
+                                                  scale_range=tuple(scale_range),
+                                                  max_ratio=max_ratio, hflip=True)),)
   cfg.update(overrides)
   return cfg
+
+
+def seg_eval(config, mode: str, stride: int, image_size, batch_size: int, num_images: int):
+  """mIoU / pixel accuracy / per-class IoU over the eval split and a figure of num_images."""
+  return dict(type="segmentation", every=common.every(config), split="", mode=mode,
+              stride=stride, batch_size=batch_size, num_images=num_images,
+              image_size=ml_collections.FieldReference(image_size, field_type=int))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = common.parse_arg(arg, ("ade20k", "pets", "cpu", "tiny")) or "ade20k"
   config = common.pretrain_skeleton()
   config.objective = "segmentation"
-  config.protocol = "segment"  # results.csv: top1 = mIoU, top5 = pixel accuracy
+  config.protocol = "segment"  # the results.csv label
   config.batch_size = 16
   config.total_steps = 160_000
   config.optim.update(b1=0.9, b2=0.999, base_lr=1e-4, lr_scale_batch=16, weight_decay=0.05,
                       warmup_steps=1500, min_lr=0.0, no_decay_regex=NO_DECAY_TOKENS)
   config.optim.schedule = "poly"
   config.optim.poly_power = 1.0
-  config.layer_decay = 0.8
+  config.optim.layer_decay = 0.8
   config.avg_non_ignore = False  # mmseg's default: the loss is divided by all pixels
-  config.eval_mode = "slide"     # "whole" | "slide" (windows of the crop size)
-  config.eval_stride = 341
-  config.eval_batch_size = 8      # 683 px canvases; the full-size logits live on the device
-  config.save_best = True
-  config.num_vis_images = 4
+  config.best_metric = "miou"    # <workdir>/best holds the params of the best mIoU
+  # Sliding 512 windows every 341 px over a 683 px canvas (a 4:3 image gets the usual 512
+  # short side); 683 px canvases: the full-size logits live on the device, batch 8.
+  config.evals.segmentation = seg_eval(config, "slide", 341, 683, batch_size=8, num_images=4)
   config.log_every = 50
   config.checkpoint_every = 4000
   config.keep_checkpoints = 2
@@ -94,19 +89,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       dropout=0.1,
       classifier_init_std=0.01,  # mmseg's N(0, 0.01); 0 = lecun_normal (short runs)
       drop_path_rate=0.1,
-      dtype="float32",
+      dtype="auto",       # bfloat16 compute on GPU/TPU, float32 on CPU
       attention_impl="einsum",
       remat=False,  # recompute block activations in the backward pass: memory (no scan_blocks:
                     # the pyramid reads per-block outputs, which the unrolled blocks give)
   ))
   config.data = seg_data("imagefolder", train_split="training", eval_split="validation",
-                         reduce_zero_label=True, base_size=512, eval_size=683)
+                         reduce_zero_label=True, base_size=512)
   if variant == "pets":
     config.model.update(image_size=224, num_classes=3)
-    config.data = seg_data("oxford_iiit_pet", base_size=224, eval_size=288)
+    config.data = seg_data("oxford_iiit_pet", base_size=224)
     config.total_steps = 10_000
     config.optim.warmup_steps = 500
-    config.eval_stride = 64
+    config.evals.segmentation.update(stride=64, image_size=288)
     config.checkpoint_every = 2000
     config.eval_every = 2000
   if variant in ("cpu", "tiny"):
@@ -118,13 +113,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if variant == "cpu" and not config.init:
       logging.warning("%s is missing (pre-train it with `make pretrain`): the :cpu segmentation "
                       "backbone starts from scratch", CPU_INIT)
-    config.eval_mode = "whole"
     config.batch_size = 16
     config.total_steps = 160
     config.optim.update(base_lr=3e-3, lr_scale_batch=16, warmup_steps=10)
-    config.layer_decay = 0.9  # a short run: let the (weak, CPU-pretrained) backbone move
-    config.eval_batch_size = 200
-    config.num_vis_images = 8
+    config.optim.layer_decay = 0.9  # a short run: let the (weak, CPU-pretrained) backbone move
+    config.evals.segmentation.update(mode="whole", image_size=None, batch_size=200,
+                                     num_images=8)
     config.log_every = 20
     config.checkpoint_every = 80
     config.eval_every = 0      # only at the end (a few minutes in all on 2 cores)
@@ -135,8 +129,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.eval_split = "test[:128]"
     config.total_steps = 20
     config.optim.warmup_steps = 3
-    config.eval_batch_size = 64
-    config.num_vis_images = 2
+    config.evals.segmentation.update(batch_size=64, num_images=2)
     config.log_every = 5
     config.checkpoint_every = 10
     config.eval_every = 0

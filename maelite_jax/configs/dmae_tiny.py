@@ -19,7 +19,7 @@ D2-MAE (an extra logits-only student block, the decoder reading after block 8):
 
 import ml_collections
 
-from configs import mae_tiny
+from maelite_jax.configs import mae_tiny
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -15,7 +15,7 @@ Variants:
 
 import ml_collections
 
-from configs import common
+from maelite_jax.configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -28,14 +28,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       warmup_init_lr=1e-6)
   config.data = common.imagenet_data()
   two_view_data(config.data)
-  config.num_vis_images = 0  # nothing to draw; the monitor is k-NN accuracy
   config.model = ml_collections.ConfigDict(dict(
       name="vit_tiny_patch16",
       image_size=224,
       patch_size=16,
       drop_path_rate=0.0,
       depth=ml_collections.config_dict.placeholder(int),  # None = the variant's depth
-      dtype="float32",
+      dtype="auto",       # bfloat16 compute on GPU/TPU, float32 on CPU
       attention_impl="einsum",
       scan_blocks=False,  # lax.scan over encoder blocks: compile time ~depth x shorter
       remat=False,        # recompute block activations in the backward pass: memory
@@ -47,13 +46,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
   config.moco = ml_collections.ConfigDict(dict(temperature=0.2, momentum=0.99))
   # Weighted k-NN monitor on the base encoder (eval view) at eval_every and at the end.
-  config.knn = ml_collections.ConfigDict(dict(
-      k=20, temperature=0.07, batch_size=1024, bank_split="train[:50000]",
-      query_split="validation[:10000]"))
+  config.evals.knn = common.knn_eval(common.every(config), "train[:50000]", "validation[:10000]",
+                                     batch_size=1024)
   if variant in ("cpu", "tiny"):
     config.data = common.builtin_data()
-    two_view_data(config.data)
-    config.data.blur_sigma = (0.1, 0.5)  # ~(0.1, 2.0) px at 224 scaled to 32 px images
+    two_view_data(config.data, blur_sigma=(0.1, 0.5))  # ~(0.1, 2.0) px at 224, scaled to 32 px
     config.model.image_size = 32
     config.model.patch_size = 8
     config.model.depth = 4
@@ -66,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.log_every = 10
     config.checkpoint_every = 100
     config.eval_every = 100
-    config.knn.update(batch_size=500, bank_split="train[:5000]", query_split="test[:1000]")
+    config.evals.knn.update(batch_size=500, bank_split="train[:5000]", query_split="test[:1000]")
   if variant == "tiny":
     config.model.depth = 2
     config.model.patch_size = 4
@@ -78,15 +75,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.log_every = 5
     config.checkpoint_every = 10
     config.eval_every = 0
-    config.knn.update(k=5, batch_size=64, bank_split="train[:256]", query_split="test[:128]")
+    config.evals.knn.update(k=5, batch_size=64, bank_split="train[:256]", query_split="test[:128]",
+                            baseline=False)
   config.lock()
   return config
 
 
-def two_view_data(data):
+def two_view_data(data, blur_sigma=(0.1, 2.0)):
   """BYOL's asymmetric views as in MAE-Lite's ssl_transform: crop 0.08-1 (bilinear), colour
   jitter 0.4/0.4/0.2/0.1 p 0.8, blur p 1.0 / 0.1, grayscale p 0.2, flip, solarize p 0 / 0.2."""
-  data.update(views=2, crop_scale=(0.08, 1.0), interpolation="bilinear",
-              color_jitter=(0.4, 0.4, 0.2, 0.1), color_jitter_prob=(0.8, 0.8),
-              grayscale_prob=(0.2, 0.2), blur_prob=(1.0, 0.1), blur_sigma=(0.1, 2.0),
-              solarize_prob=(0.0, 0.2))
+  data.train_ops = common.byol_view_ops(blur_prob=1.0, solarize_prob=0.0, blur_sigma=blur_sigma)
+  data.view2_ops = common.byol_view_ops(blur_prob=0.1, solarize_prob=0.2, blur_sigma=blur_sigma)

@@ -1,9 +1,10 @@
 """Speed measurements: the jitted training step, the input pipeline, and a PyTorch baseline.
 
-The step is measured exactly as training runs it (the loop's task, optimizer and
-`make_train_step`, jitted with shardings and donation) on synthetic device data, so the input
-pipeline is measured separately and the slower of the two is visible. FLOPs come from XLA's
-cost analysis of the compiled step; MFU = FLOPs / step time / the chip's peak.
+The step is the training loop's own (train/program.py's StepProgram: the objective from the
+registry, the optimizer with its lr factors, the non-finite guard, jitted with shardings and
+donation), run on synthetic device data, so the input pipeline is measured separately and the
+slower of the two is visible. FLOPs: analytic model FLOPs where known, else XLA's cost analysis
+of the compiled step (which leaves out cuBLAS matmuls on GPU); MFU = FLOPs / step time / peak.
 """
 
 import resource
@@ -16,8 +17,6 @@ import numpy as np
 
 from maelite_jax.models.mae import num_kept
 from maelite_jax.train import mesh as mesh_lib
-from maelite_jax.train import optim
-from maelite_jax.train.step import TrainState, jit_train_step, make_train_step
 
 # Dense peak FLOP/s per chip (bf16; fp32 matmuls on GPU run as TF32 by default in XLA).
 PEAK_FLOPS = {"H100": {"bfloat16": 989e12, "float32": 494.7e12},
@@ -101,47 +100,31 @@ def prepare_jax_step(config):
 
   one_step runs one step on a fixed synthetic device batch and blocks until it is done.
   """
-  from maelite_jax import tasks as tasks_lib
+  from maelite_jax.tasks import registry
+  from maelite_jax.train.program import StepProgram
   from maelite_jax.train.validate import validate_config
   mesh = mesh_lib.make_mesh()
   # Bad settings (e.g. a micro-batch that does not divide the batch) fail before compiling; the
-  # data config is not checked: the benchmark feeds synthetic batches.
+  # data config is not checked (and tensorflow not imported): the batches are synthetic.
   validate_config(config, num_devices=mesh.size, check_data=False)
-  task = tasks_lib.build_task(config)
+  objective = registry.build(config)
+  program = StepProgram(config, objective, mesh, total_steps=config.total_steps,
+                        warmup_steps=10)
+  state = program.init_state(jax.random.key(0))
   b, s = config.batch_size, config.model.image_size
-  example = {"image": jnp.zeros((1, s, s, 3), jnp.float32)}
-  schedule = optim.lr_schedule(config.optim, b, 1000, 10)
-  params_shape, _ = jax.eval_shape(lambda r: task.init(r, example), jax.random.key(0))
-  tx = optim.build_optimizer(config.optim, schedule, params_shape,
-                             task.lr_multipliers(params_shape))
-
-  def init_state(rng):
-    params, extra = task.init(rng, example)
-    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), extra)
-
-  abstract = jax.eval_shape(init_state, jax.random.key(0))
-  shardings = mesh_lib.state_shardings(abstract, mesh, config.fsdp_regex)
-  state = jax.jit(init_state, out_shardings=shardings)(jax.random.key(0))
-  frozen = task.frozen()
-  frozen_sh = mesh_lib.state_shardings(frozen, mesh, config.fsdp_regex)
-  frozen = jax.device_put(frozen, frozen_sh)
-  batch_sh = mesh_lib.batch_sharding(mesh)
   rng = np.random.default_rng(0)
   batch = {"image": rng.normal(size=(b, s, s, 3)).astype(np.float32),
            "label": rng.integers(0, 10, size=(b,)).astype(np.int32)}
-  if config.objective == "mocov3":
+  if config.data.view2_ops:
     batch["image2"] = rng.normal(size=(b, s, s, 3)).astype(np.float32)
-  batch = jax.device_put(batch, batch_sh)
-  accum = max(1, b // config.micro_batch_size) if config.micro_batch_size else 1
-  step_fn = make_train_step(task, tx, mesh, accum_steps=accum, base_rng_seed=0)
-  jitted = jit_train_step(step_fn, mesh, shardings, frozen_sh)
+  batch = jax.device_put(batch, mesh_lib.batch_sharding(mesh))
   t0 = time.perf_counter()
-  compiled = jitted.lower(state, batch, frozen).compile()
+  compiled = program.train_step.lower(state, batch, program.frozen).compile()
   compile_s = time.perf_counter() - t0
   holder = {"state": state}
 
   def one_step():
-    holder["state"], metrics = compiled(holder["state"], batch, frozen)
+    holder["state"], metrics = compiled(holder["state"], batch, program.frozen)
     jax.block_until_ready(metrics)
 
   model_flops = None
@@ -151,12 +134,13 @@ def prepare_jax_step(config):
     model_flops = b * mae_train_flops(kw, s, config.model.mask_ratio)
   dev = jax.devices()[0]
   xla_flops = _flops(compiled)
-  if xla_flops and accum > 1:  # XLA counts a loop body once; the micro-batch loop runs accum x
-    xla_flops *= accum
+  if xla_flops and program.accum > 1:  # XLA counts a loop body once; the loop runs accum x
+    xla_flops *= program.accum
+  dtype = jnp.dtype(objective.model.dtype).name
   facts = dict(compile_s=compile_s, xla_flops_per_step=xla_flops,
-               model_flops_per_step=model_flops, devices=mesh.size,
+               model_flops_per_step=model_flops, devices=mesh.size, compute_dtype=dtype,
                device=f"{mesh.size}x {dev.device_kind}",
-               peak=peak_flops(dev.device_kind, config.model.dtype) if dev.platform == "gpu" else None)
+               peak=peak_flops(dev.device_kind, dtype) if dev.platform == "gpu" else None)
   return one_step, facts
 
 
@@ -188,7 +172,7 @@ def prepare_torch_mae_step(model_kwargs: dict, *, batch: int, image_size: int,
   with config.micro_batch_size. Returns (one_step, facts); one_step blocks until it is done.
   """
   import torch
-  from maelite_jax.export.torch_mae import TorchMAE
+  from maelite_jax.bench.torch_mae import TorchMAE
   dev = "cuda" if torch.cuda.is_available() else "cpu"
   keys = ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
           "decoder_num_heads", "mlp_ratio")

@@ -1,18 +1,58 @@
-"""MAE written in PyTorch from the reference formulas (timm blocks), independent of the Flax code.
+"""MAE written in PyTorch from the reference formulas (models_mae.py with timm's blocks),
+independent of the Flax code.
 
-Used for parity tests (same noise -> same loss) and as the PyTorch baseline of the benchmark.
-It loads the `mae` export format (`to_torch_state_dict(params, 'mae')`) with strict=True.
-Import only where torch and timm are installed (test/benchmark dependencies).
+The PyTorch baseline of the benchmark (eager, SDPA attention, what the reference trains) and the
+reference of the parity tests (same weights, same noise -> same loss). Its module names are
+timm's, so it loads the `mae` export format (`to_torch_state_dict(params, 'mae')`) with
+strict=True. Needs only torch (an optional dependency: `pip install maelite-jax[torch]`).
 """
 
 import functools
 
 import torch
+import torch.nn.functional as F
 
-from maelite_jax.export.torchvision_stub import install_torchvision_stub
 
-install_torchvision_stub()
-from timm.models.vision_transformer import Block as TimmBlock  # noqa: E402
+class Attention(torch.nn.Module):
+  """timm's Attention (qkv with bias, SDPA, proj)."""
+
+  def __init__(self, dim, num_heads):
+    super().__init__()
+    self.num_heads = num_heads
+    self.qkv = torch.nn.Linear(dim, dim * 3)
+    self.proj = torch.nn.Linear(dim, dim)
+
+  def forward(self, x):
+    b, n, c = x.shape
+    qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+    x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+    return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(torch.nn.Module):
+  def __init__(self, dim, hidden):
+    super().__init__()
+    self.fc1 = torch.nn.Linear(dim, hidden)
+    self.act = torch.nn.GELU()  # exact (erf), as timm's
+    self.fc2 = torch.nn.Linear(hidden, dim)
+
+  def forward(self, x):
+    return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(torch.nn.Module):
+  """timm's pre-norm ViT block (LayerNorm eps 1e-6)."""
+
+  def __init__(self, dim, num_heads, mlp_ratio):
+    super().__init__()
+    self.norm1 = torch.nn.LayerNorm(dim, eps=1e-6)
+    self.attn = Attention(dim, num_heads)
+    self.norm2 = torch.nn.LayerNorm(dim, eps=1e-6)
+    self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+  def forward(self, x):
+    x = x + self.attn(self.norm1(x))
+    return x + self.mlp(self.norm2(x))
 
 
 class TorchMAE(torch.nn.Module):
@@ -29,15 +69,13 @@ class TorchMAE(torch.nn.Module):
     self.patch_embed.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size)
     self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
     self.register_buffer("pos_embed", torch.zeros(1, num_patches + 1, embed_dim))
-    self.blocks = nn.ModuleList(TimmBlock(embed_dim, num_heads, mlp_ratio, qkv_bias=True,
-                                          norm_layer=norm) for _ in range(depth))
+    self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
     self.norm = norm(embed_dim)
     self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
     self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
     self.register_buffer("decoder_pos_embed", torch.zeros(1, num_patches + 1, decoder_embed_dim))
     self.decoder_blocks = nn.ModuleList(
-        TimmBlock(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm)
-        for _ in range(decoder_depth))
+        Block(decoder_embed_dim, decoder_num_heads, mlp_ratio) for _ in range(decoder_depth))
     self.decoder_norm = norm(decoder_embed_dim)
     self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
 

@@ -1,0 +1,166 @@
+"""Benchmark the training step (and input pipeline) against an equivalent PyTorch step.
+
+  python scripts/benchmark.py --objective mae --batch 32 --image-size 224 --patch-size 16 \
+      --steps 10 --compare-torch --json bench.json [--dtype bfloat16] [--attention cudnn] \
+      [--scan-blocks] [--remat] [--micro-batch-size N]
+
+Flags take hyphens or underscores alike (--compare-torch = --compare_torch).
+
+One JSON record per measurement: objective, image_size, batch, step_time_s_median,
+images_per_s, compile_s, peak_mem_bytes (+ torch_images_per_s, mfu on GPU, pipeline_images_per_s).
+
+On CPU the MAE step accumulates gradients over micro-batches of 8 by default (the same update,
+cache-sized activations); PyTorch is then timed both ways, whole batch and the same
+micro-batches, and jax_over_torch_speed is taken against the faster of the two.
+"""
+
+import json
+import os
+import statistics
+
+from absl import app, flags, logging
+
+_OBJECTIVE = flags.DEFINE_enum("objective", "mae", ["mae", "mocov3", "dmae"], "which step")
+_BATCH = flags.DEFINE_list("batch", ["32"], "global batch size(s)")
+_IMAGE = flags.DEFINE_list("image_size", ["224"], "image size(s)")
+_PATCH = flags.DEFINE_integer("patch_size", 16, "patch size")
+_STEPS = flags.DEFINE_integer("steps", 10, "timed steps (median reported)")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "untimed steps after compilation")
+_DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
+                           "compute dtype ('auto': bfloat16 on GPU/TPU, float32 on CPU)")
+_ATTN = flags.DEFINE_enum("attention", "einsum", ["einsum", "xla", "cudnn"], "attention kernel")
+_SCAN = flags.DEFINE_bool("scan_blocks", False, "lax.scan over the encoder blocks")
+_REMAT = flags.DEFINE_bool("remat", False, "recompute block activations in the backward pass")
+_FSDP = flags.DEFINE_string("fsdp_regex", "", "FSDP rule (config.fsdp_regex)")
+_MICRO = flags.DEFINE_integer(
+    "micro_batch_size", -1, "gradient accumulation micro-batch; -1 = auto: 8 on CPU for MAE and "
+    "D-MAE (cache-sized, the same update), the whole batch elsewhere; 0 = the whole batch")
+_TORCH = flags.DEFINE_bool("compare_torch", False, "also time the PyTorch step (MAE)")
+_PIPELINE = flags.DEFINE_bool("pipeline", False, "also time the tf.data input pipeline")
+_JSON = flags.DEFINE_string("json", None, "write the records to this file")
+_CONFIG = flags.DEFINE_string("config", None, "config file[:variant] (default "
+                              "configs/<objective>_tiny.py), e.g. configs/mae_tiny.py:cpu")
+
+
+def make_config(objective, batch, image_size, platform):
+  import importlib.util
+  from maelite_jax import configs
+  path, _, variant = (_CONFIG.value or os.path.join(os.path.dirname(configs.__file__),
+                                                    f"{objective}_tiny.py")).partition(":")
+  spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(variant or None)
+  with config.unlocked():
+    if objective == "dmae" and not _CONFIG.value:
+      config.teacher.init = random_teacher(config.teacher.name, _PATCH.value)
+    config.batch_size = batch
+    from maelite_jax.bench.step import auto_micro_batch
+    config.micro_batch_size = (_MICRO.value if _MICRO.value >= 0 else
+                               auto_micro_batch(objective, batch, platform))
+    config.model.image_size = image_size
+    config.model.patch_size = _PATCH.value
+    config.model.dtype = _DTYPE.value
+    config.model.attention_impl = _ATTN.value
+    config.model.scan_blocks = _SCAN.value
+    config.model.remat = _REMAT.value
+    config.fsdp_regex = _FSDP.value
+    config.total_steps = 1000  # schedules (lr, momentum) need a length; no dataset lookup
+  return config
+
+
+def random_teacher(name: str, patch_size: int) -> str:
+  """A checkpoint of a randomly initialised teacher (D-MAE's MAE-Base by default): its weights
+  do not change the step's speed, and no pre-trained teacher has to be at hand."""
+  import atexit
+  import shutil
+  import tempfile
+  import jax
+  import jax.numpy as jnp
+  from maelite_jax.models import create_model
+  from maelite_jax.train.checkpoint import save_params
+  name = name or "vit_base_patch16"
+  model = create_model(name, patch_size=patch_size)
+  size = model.image_size
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)))["params"]
+  path = tempfile.mkdtemp(prefix="bench_teacher_")
+  atexit.register(shutil.rmtree, path, ignore_errors=True)  # ViT-B: ~350 MB
+  save_params(path, jax.device_get(params),
+              {"model": {"name": name, "kwargs": {"patch_size": patch_size}}})
+  return path
+
+
+def _main(argv):
+  del argv
+  import jax
+  from maelite_jax.bench import step as benchmark
+  records = []
+  for image_size in map(int, _IMAGE.value):
+    for batch in map(int, _BATCH.value):
+      config = make_config(_OBJECTIVE.value, batch, image_size, jax.default_backend())
+      micro = config.micro_batch_size
+      fns = {}
+      fns["jax"], facts = benchmark.prepare_jax_step(config)
+      dtype = facts["compute_dtype"]  # 'auto' resolved for this platform
+      rec = dict(objective=_OBJECTIVE.value, image_size=image_size, batch=batch,
+                 patch_size=_PATCH.value, dtype=dtype, attention=_ATTN.value,
+                 scan_blocks=_SCAN.value, remat=_REMAT.value, micro_batch_size=micro,
+                 jax_version=jax.__version__)
+      if _TORCH.value and _OBJECTIVE.value == "mae":
+        from maelite_jax.models import model_kwargs
+        kw = model_kwargs(config.model.name, patch_size=_PATCH.value)
+        fns["torch"], torch_facts = benchmark.prepare_torch_mae_step(
+            kw, batch=batch, image_size=image_size, dtype=dtype)
+        if 0 < micro < batch:  # PyTorch gets the same accumulation: the ratio is to its best
+          fns["torch_micro"], _ = benchmark.prepare_torch_mae_step(
+              kw, batch=batch, image_size=image_size, dtype=dtype, micro_batch=micro)
+      # JAX and PyTorch steps alternate, so machine drift hits both alike
+      times = benchmark.time_interleaved(fns, _STEPS.value, _WARMUP.value)
+      rec.update(benchmark.jax_step_record(config, facts, times["jax"]))
+      if "torch" in fns:
+        rec.update(benchmark.torch_step_record(batch, torch_facts, times["torch"]))
+        best = rec["torch_images_per_s"]
+        if "torch_micro" in fns:
+          rec["torch_micro_images_per_s"] = batch / statistics.median(times["torch_micro"])
+          best = max(best, rec["torch_micro_images_per_s"])
+        rec["jax_over_torch_speed"] = rec["images_per_s"] / best
+      if _PIPELINE.value:
+        rec.update(benchmark.bench_pipeline(config))
+      records.append(rec)
+      print(json.dumps(rec), flush=True)
+  _print_table(records)
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(records, f, indent=1)
+
+
+def _print_table(records):
+  cols = ["objective", "image_size", "batch", "dtype", "attention", "scan_blocks", "remat",
+          "step_time_s_median",
+          "micro_batch_size", "images_per_s", "compile_s", "mfu", "torch_images_per_s",
+          "torch_micro_images_per_s", "jax_over_torch_speed",
+          "pipeline_images_per_s"]
+  cols = [c for c in cols if any(r.get(c) is not None for r in records)]
+  fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+  print(" | ".join(cols))
+  for r in records:
+    print(" | ".join(fmt(r.get(c, "")) for c in cols))
+
+
+def parse_flags(argv):
+  """absl flags, also spelled with hyphens (--compare-torch, --image-size, ...)."""
+  def underscored(arg):
+    if not arg.startswith("--"):
+      return arg
+    name, eq, value = arg[2:].partition("=")
+    return "--" + name.replace("-", "_") + eq + value
+  return flags.FLAGS([underscored(a) for a in argv])
+
+
+def main():
+  from maelite_jax.utils import cli
+  cli.run(_main, flags_parser=parse_flags, verbosity=logging.WARNING)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,111 @@
+"""Imports PyTorch weights (MAE-Lite, MAE, MoCo-v3, timm, or our own exports) as an orbax checkpoint.
+
+  python scripts/import_torch.py --torch-checkpoint mae_tiny_400e.pth.tar \
+      --model mae_vit_tiny_patch16 --out workdirs/mae_tiny_torch
+  python scripts/import_torch.py --torch-checkpoint mocov3.pth.tar --prefix base_encoder. \
+      --model vit_tiny_patch16 --out workdirs/mocov3_tiny
+
+The output is a workdir with checkpoints/0 in the training layout (meta names the model), which
+`--config.init` of pre-training, fine-tuning and distillation accept.
+"""
+
+import ast
+import json
+import os
+
+from absl import app, flags, logging
+
+from maelite_jax import export
+from maelite_jax.models.registry import create_model, list_models
+from maelite_jax.train.checkpoint import save_params
+from maelite_jax.utils import cli
+
+
+def define_flags(fv=flags.FLAGS):
+  flags.DEFINE_string("torch-checkpoint", None, ".pth / .pth.tar / .safetensors file.",
+                      flag_values=fv)
+  flags.DEFINE_enum("model", None, list_models(), "Registry name of the model to load into.",
+                    flag_values=fv)
+  flags.DEFINE_string("out", None, "Workdir to write the checkpoint into.", flag_values=fv)
+  flags.DEFINE_enum("format", None, export.FORMATS,
+                    "Key names in the file; default: 'mae' for mae_* models, else 'timm'.",
+                    flag_values=fv)
+  flags.DEFINE_string("prefix", None, "Key prefix of the model inside the file, e.g. "
+                      "'base_encoder.' (MoCo-v3); default: found from the cls_token key.",
+                      flag_values=fv)
+  flags.DEFINE_integer("image-size", None, "Target image size (position table resized if it "
+                       "differs and is trainable).", flag_values=fv)
+  flags.DEFINE_integer("num-classes", None, "Classifier head size for fine-tuned weights.",
+                       flag_values=fv)
+  flags.DEFINE_enum("global-pool", None, ["token", "avg"], "Pooling of a fine-tuned model.",
+                    flag_values=fv)
+  flags.DEFINE_bool("trainable-pos-embed", None, "Load the file's pos_embed as a trainable table "
+                    "(fine-tuned models) instead of the fixed sin-cos one.", flag_values=fv)
+  flags.DEFINE_multi_string("model-arg", [], "Other constructor overrides as KEY=VALUE, e.g. "
+                            "patch_size=8 or depth=6 (repeatable).", flag_values=fv)
+  flags.DEFINE_bool("allow-missing", False, "Keep initial values for weights the file lacks.",
+                    flag_values=fv)
+  flags.DEFINE_bool("allow-pickle", False, "Unpickle arbitrary objects in a .pth you trust.",
+                    flag_values=fv)
+  flags.DEFINE_integer("step", 0, "Step number of the written checkpoint.", flag_values=fv)
+  flags.mark_flags_as_required(["torch-checkpoint", "model", "out"], flag_values=fv)
+
+
+def import_checkpoint(torch_checkpoint: str, model: str, out: str, *, fmt: str | None = None,
+                      prefix: str | None = None, overrides: dict | None = None,
+                      allow_missing: bool = False, allow_pickle: bool = False, step: int = 0):
+  """Converts the file and saves it; returns (step dir, ImportReport)."""
+  overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+  fmt = fmt or ("mae" if model.startswith("mae_") else "timm")
+  module = create_model(model, **overrides)
+  state_dict = export.read_state_dict(torch_checkpoint, allow_pickle=allow_pickle)
+  params, report = export.from_torch_state_dict(state_dict, fmt, model=module, prefix=prefix,
+                                                allow_missing=allow_missing)
+  meta = {"model": {"name": model, "kwargs": overrides}, "objective": "",
+          "source": {"torch_checkpoint": os.path.abspath(torch_checkpoint), "format": fmt,
+                     "prefix": report.prefix, "missing": report.missing,
+                     "unexpected": report.unexpected, "resized": report.resized,
+                     "notes": report.notes}}
+  step_dir = save_params(out, params, meta, step=step)
+  logging.info("imported %s into %s: %s", torch_checkpoint, step_dir, report.summary())
+  return step_dir, report
+
+
+def parse_model_args(items) -> dict:
+  """['depth=6', 'global_pool=avg'] -> {'depth': 6, 'global_pool': 'avg'}."""
+  out = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise app.UsageError(f"--model-arg wants KEY=VALUE, got {item!r}")
+    try:
+      out[key.strip()] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key.strip()] = value
+  return out
+
+
+def _main(argv, fv=flags.FLAGS):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from maelite_jax.utils.logs import quiet_library_logs
+  quiet_library_logs()
+  named = {"image_size": fv["image-size"].value, "num_classes": fv["num-classes"].value,
+           "global_pool": fv["global-pool"].value,
+           "trainable_pos_embed": fv["trainable-pos-embed"].value}
+  overrides = parse_model_args(fv["model-arg"].value)
+  overrides.update({k: v for k, v in named.items() if v is not None})
+  step_dir, report = import_checkpoint(
+      fv["torch-checkpoint"].value, fv.model, fv.out, fmt=fv.format, prefix=fv.prefix,
+      overrides=overrides, allow_missing=fv["allow-missing"].value,
+      allow_pickle=fv["allow-pickle"].value, step=fv.step)
+  print(json.dumps({"checkpoint": step_dir, "report": report.summary()}))
+
+
+def main():
+  define_flags()
+  cli.run(_main)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,115 @@
+"""Pre-trained weights into a new run (config.init): one mapping for every objective.
+
+Any checkpoint of this project (a pre-training, fine-tuning or segmentation workdir, or PyTorch
+weights converted by scripts/import_torch.py) can start any objective:
+  - the same objective (continuing a fine-tune, a segmentation run): the whole tree, with a
+    learned position table resampled to the new grid;
+  - otherwise the source's plain ViT (under 'encoder', 'backbone' or the whole tree) goes where
+    the objective keeps its encoder (`objective.encoder_key`): every encoder weight must be
+    there, except the objective's fresh keys (a classifier's head and fc_norm), a final `norm`
+    the source lacks (a fine-tuned avg-pool model) and `pos_embed` (taken and resampled when
+    the source has a learned one, else the target keeps its sin-cos initialisation);
+  - the other top-level parts of the target (MAE's decoder, D-MAE's adapters, MoCo-v3's heads,
+    the segmentation neck) are taken from the source when it has them with the same shapes,
+    else they keep their fresh initialisation; the log says which.
+The result must have exactly the target's structure and shapes, else a ConfigError says which
+architecture the checkpoint holds.
+"""
+
+import numpy as np
+from absl import logging
+
+from maelite_jax.models.meta import CheckpointMeta, encoder_params
+from maelite_jax.models.posemb import resize_pos_table
+from maelite_jax.train import checkpoint as ckpt_lib
+from maelite_jax.utils.errors import ConfigError
+
+
+def _shapes(tree):
+  if isinstance(tree, dict):
+    return {k: _shapes(v) for k, v in tree.items()}
+  return (tuple(np.shape(tree)), str(np.asarray(tree).dtype))
+
+
+def _pos_fit(table, like):
+  return np.asarray(resize_pos_table(np.asarray(table, np.float32), like.shape[1]), like.dtype)
+
+
+def map_encoder(target: dict, source: dict, fresh_keys=()) -> dict:
+  """A pre-trained ViT tree `source` mapped onto the ViT tree `target` (see module doc)."""
+  out, missing = {}, []
+  for key, value in target.items():
+    if key in fresh_keys:
+      out[key] = value
+    elif key == "pos_embed":
+      out[key] = _pos_fit(source[key], value) if key in source else value
+    elif key in source:
+      out[key] = source[key]
+    elif key == "norm":
+      out[key] = value
+    else:
+      missing.append(key)
+  if missing:
+    raise ConfigError(f"config.init: the checkpoint's encoder has no {missing} (its keys: "
+                      f"{sorted(source)}). Use a checkpoint of a ViT with the same blocks.")
+  unused = sorted(set(source) - set(out))
+  if unused:
+    logging.info("config.init: not used by this model: %s", unused)
+  return out
+
+
+def map_pretrained(target: dict, loaded: dict, meta: CheckpointMeta, objective) -> dict:
+  """Loaded params (numpy) in the structure of `target` (numpy) for `objective`."""
+  key = objective.encoder_key
+  if meta.objective == objective.name and set(loaded) == set(target):
+    out = dict(loaded)
+    enc = out.get(key) if key else out
+    tgt = target[key] if key else target
+    if "pos_embed" in enc and enc["pos_embed"].shape != tgt["pos_embed"].shape:
+      enc = dict(enc, pos_embed=_pos_fit(enc["pos_embed"], tgt["pos_embed"]))
+      out = dict(out, **{key: enc}) if key else enc
+    return out
+  source = encoder_params(loaded)
+  if not key:
+    return map_encoder(target, source, objective.fresh_keys)
+  out, fresh = {}, []
+  for name, value in target.items():
+    if name == key:
+      out[name] = map_encoder(value, source, objective.fresh_keys)
+    elif name in loaded and _shapes(loaded[name]) == _shapes(value):
+      out[name] = loaded[name]
+    else:
+      out[name], fresh = value, fresh + [name]
+  if fresh:
+    logging.info("config.init: %s not in the checkpoint (or of other shapes): fresh "
+                 "initialisation", fresh)
+  return out
+
+
+def load_into(path: str, target: dict, objective) -> tuple[dict, CheckpointMeta]:
+  """(params for `target`, the checkpoint's meta) from checkpoint `path` (verified on load)."""
+  loaded, meta_dict = ckpt_lib.load_params(path)
+  meta = CheckpointMeta.from_dict(meta_dict)
+  params = map_pretrained(target, loaded, meta, objective)
+  if _shapes(params) != _shapes(target):
+    raise ConfigError(
+        f"config.init={path} does not fit model {objective.spec.name}: the checkpoint holds "
+        f"{meta.model.name} {meta.model.kwargs}. Use a checkpoint of the same architecture "
+        "(same widths, depth, patch size) or convert one with scripts/import_torch.py.")
+  return params, meta
+
+
+def resolve_layer_decay(optim_cfg, init_path: str) -> float:
+  """config.optim.layer_decay, or (None) the preset for the objective of config.init's
+  checkpoint from config.optim.layer_decay_presets (MoCo-v3 encoders fine-tune with 0.75,
+  MAE's with 0.85; '' = a run without init or an imported checkpoint)."""
+  if optim_cfg.layer_decay is not None:
+    return float(optim_cfg.layer_decay)
+  objective = ""
+  if init_path:
+    objective = CheckpointMeta.from_dict(ckpt_lib.load_meta(init_path)).objective
+  presets = dict(optim_cfg.layer_decay_presets)
+  value = presets.get(objective, presets[""])
+  logging.info("layer decay %g (preset for %s)", value,
+               f"a {objective} checkpoint" if objective else "no pre-trained objective")
+  return float(value)
