@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maelite_jax.models import create_model
+from maelite_jax.models import create_model, model_kwargs
 from maelite_jax.models.mae import random_masking_ids
 from maelite_jax.models.posemb import sincos_2d
 from maelite_jax.models.vit import VisionTransformer
@@ -23,6 +23,28 @@ def test_vit_tiny_trainable_param_count_matches_timm():
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
   assert _count(shapes["params"]) == 5_524_416 - 37_824
   assert model.num_heads == 12 and model.embed_dim == 192
+
+
+# REFERENCE.md's table: MAE-Lite's (embed, depth, heads) and decoder (embed, depth, heads).
+REFERENCE_SIZES = {
+    "vit_tiny_patch16": (192, 12, 12), "vit_small_patch16": (384, 12, 12),
+    "vit_base_patch16": (768, 12, 12),
+}
+REFERENCE_DECODERS = {"mae_vit_tiny_patch16": (96, 1, 3), "mae_vit_small_patch16": (192, 1, 6)}
+
+
+def test_registry_sizes_are_mae_lites():
+  """MAE-Lite changed ViT-Small to 12 heads (timm: 6) and gave MAE-Small a 192-wide, 1-block,
+  6-head decoder (its models_mae.py mae_vit_small_patch16), not MAE-Base's 512/8/16 shape."""
+  for name, (dim, depth, heads) in REFERENCE_SIZES.items():
+    for full in (name, "mae_" + name):
+      kw = model_kwargs(full)
+      assert (kw["embed_dim"], kw["depth"], kw["num_heads"], kw["patch_size"]) == (
+          dim, depth, heads, 16), full
+  for name, decoder in REFERENCE_DECODERS.items():
+    kw = model_kwargs(name)
+    assert (kw["decoder_embed_dim"], kw["decoder_depth"], kw["decoder_num_heads"]) == decoder, name
+    assert kw.get("mlp_ratio", 4.0) == 4.0  # decoder MLP 4x: 384 (Tiny), 768 (Small)
 
 
 def _numpy_mae_posemb(dim, grid):

@@ -4,16 +4,17 @@ from maelite_jax.models.mae import MaskedAutoencoder
 from maelite_jax.models.vit import VisionTransformer
 
 _VIT = {
-    # MAE-Lite's ViT-Tiny uses 12 heads of width 16, not timm's stock 3.
+    # MAE-Lite's ViT-Tiny and ViT-Small use 12 heads (of width 16 and 32), not timm's 3 and 6.
     "vit_tiny_patch16": dict(embed_dim=192, depth=12, num_heads=12, patch_size=16),
-    "vit_small_patch16": dict(embed_dim=384, depth=12, num_heads=6, patch_size=16),
+    "vit_small_patch16": dict(embed_dim=384, depth=12, num_heads=12, patch_size=16),
     "vit_base_patch16": dict(embed_dim=768, depth=12, num_heads=12, patch_size=16),
 }
 _MAE = {
     "mae_vit_tiny_patch16": dict(_VIT["vit_tiny_patch16"], decoder_embed_dim=96,
                                  decoder_depth=1, decoder_num_heads=3),
-    "mae_vit_small_patch16": dict(_VIT["vit_small_patch16"], decoder_embed_dim=256,
-                                  decoder_depth=4, decoder_num_heads=8),
+    # MAE-Lite's models_mae.py: a light decoder for Small too (192 wide, 1 block, 6 heads).
+    "mae_vit_small_patch16": dict(_VIT["vit_small_patch16"], decoder_embed_dim=192,
+                                  decoder_depth=1, decoder_num_heads=6),
     "mae_vit_base_patch16": dict(_VIT["vit_base_patch16"], decoder_embed_dim=512,
                                  decoder_depth=8, decoder_num_heads=16),
 }
