@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       cls_init_std=1e-6,
       dim=256,                  # projector / predictor output
       mlp_dim=4096,             # their hidden width
-      predictor_last_bn=True,   # MAE-Lite's mocov3.py; the original MoCo-v3 uses False
+      predictor_last_bn=True,   # MoCo-v3's ViT predictor (and MAE-Lite's); False: its ResNet one
       freeze_patch_embed=False,  # MoCo-v3's stop_grad_conv1 trick (off in MAE-Lite's recipe)
   ))
   config.moco = ml_collections.ConfigDict(dict(temperature=0.2, momentum=0.99))

@@ -52,6 +52,7 @@ def projection_mlp(hidden_dim: int = 4096, out_dim: int = 256, dtype=jnp.float32
 
 def prediction_mlp(hidden_dim: int = 4096, out_dim: int = 256, last_bn: bool = True,
                    dtype=jnp.float32) -> MLPHead:
-  """MoCo-v3's predictor: 2 layers. MAE-Lite's mocov3.py keeps the last BN (its `_build_mlp`
-  default); the original MoCo-v3 drops it (last_bn=False)."""
+  """MoCo-v3's predictor: 2 layers ending in a BN without affine, for ViTs in both MAE-Lite's
+  mocov3.py and the original MoCo-v3 (`_build_mlp(2, ...)`, last_bn=True); only the original's
+  ResNet predictor drops that BN (last_bn=False)."""
   return MLPHead(2, hidden_dim, out_dim, last_bn=last_bn, dtype=dtype)
