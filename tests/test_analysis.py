@@ -177,6 +177,27 @@ def test_distance_units_and_accumulator():
   assert out["num_images"] == 3
 
 
+def test_default_distance_unit_is_the_papers_grid_times_sqrt_tokens():
+  """The paper's figures: grid distance x sqrt(N) (x14 at 224/16), by default everywhere."""
+  from configs import analyze as analyze_config
+  g = 8
+  logits = np.random.default_rng(3).normal(size=(2, 3, 1 + g * g, 1 + g * g)).astype(np.float32)
+  rows, cols = np.divmod(np.arange(g * g), g)
+  grid = np.hypot(rows[:, None] - rows[None], cols[:, None] - cols[None])
+  z = logits[:, :, 1:, 1:].astype(np.float64)
+  p = np.exp(z - z.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  want = np.einsum("bhqk,qk->bhq", p, grid * np.sqrt(g * g)).mean(-1)
+  np.testing.assert_allclose(attention.attention_stats(logits)[0], want, rtol=1e-5)
+  np.testing.assert_allclose(attention.grid_distances(g), grid * g, rtol=1e-12)
+  assert attention.pixels_per_patch(16, 196) == 14.0
+  config = analyze_config.get_config()
+  assert config.attention.distance_unit == "sqrt_tokens"
+  from maelite_jax.train import mesh as mesh_lib
+  _, scale = _load_script().make_batch_fn(tiny_vit(), config, mesh_lib.make_mesh())
+  assert scale == 8.0  # 64 patches of 4 px: sqrt(N), not the patch size
+
+
 def test_cls_attention_map_sums_with_cls_to_one():
   logits = np.random.default_rng(0).normal(size=(2, 3, 5, 5)).astype(np.float32)
   m = np.asarray(attention.attention_map(logits, "cls"))

@@ -6,10 +6,11 @@ column are removed and the softmax is recomputed over the N patch keys; then per
   distance = sum_k p_qk d_qk,  d_qk = Euclidean distance of the patch grid positions * scale
 and both are averaged over queries and images, per head.
 
-The distance unit (`scale`, pixels per grid step): the reference multiplies grid distances by
-sqrt(num_tokens) = 14 at 224px / patch 16, which is not the 16-pixel patch size, so its
-"pixels" are 14/16 of true pixels. `pixels_per_patch(mode=...)` offers both: "patch" (default,
-true pixels), "sqrt_tokens" (the reference's numbers) and "grid" (patch units).
+The distance unit (`scale`, per grid step): the paper's figures (the reference's numbers)
+multiply grid distances by sqrt(num_tokens) = 14 at 224px / patch 16, which is not the 16-pixel
+patch size, so its "pixels" are 14/16 of true pixels. That unit is the default everywhere here,
+so numbers compare with the paper's; `pixels_per_patch(mode=...)` also offers "patch" (true
+pixels) and "grid" (patch units).
 """
 
 import jax
@@ -20,7 +21,7 @@ ENTROPY_EPS = 1e-6
 DISTANCE_MODES = ("patch", "sqrt_tokens", "grid")
 
 
-def pixels_per_patch(patch_size: int, num_patches: int, mode: str = "patch") -> float:
+def pixels_per_patch(patch_size: int, num_patches: int, mode: str = "sqrt_tokens") -> float:
   """The factor turning grid distances into the chosen unit (see the module docstring)."""
   if mode == "patch":
     return float(patch_size)
@@ -31,8 +32,10 @@ def pixels_per_patch(patch_size: int, num_patches: int, mode: str = "patch") -> 
   raise ValueError(f"unknown distance mode {mode!r}; choose one of {', '.join(DISTANCE_MODES)}")
 
 
-def grid_distances(grid_size: int, scale: float = 1.0) -> np.ndarray:
-  """(N, N) Euclidean distances between the row-major patch positions of a g x g grid, * scale."""
+def grid_distances(grid_size: int, scale: float | None = None) -> np.ndarray:
+  """(N, N) Euclidean distances between the row-major patch positions of a g x g grid, * scale;
+  scale None: the paper's unit, sqrt(N) = g."""
+  scale = float(grid_size) if scale is None else scale
   rows, cols = np.divmod(np.arange(grid_size * grid_size), grid_size)
   pos = np.stack([rows, cols], axis=1).astype(np.float64)
   return np.sqrt(((pos[:, None] - pos[None]) ** 2).sum(-1)) * scale
@@ -51,8 +54,16 @@ def stats_from_probs(probs, distances):
   return distance.mean(axis=-1), entropy.mean(axis=-1)
 
 
-def attention_stats(logits, distances, num_prefix: int = 1):
-  """Pre-softmax logits (B, H, P+N, P+N) -> (distance, entropy), each (B, H). jit-able."""
+def attention_stats(logits, distances=None, num_prefix: int = 1):
+  """Pre-softmax logits (B, H, P+N, P+N) -> (distance, entropy), each (B, H). jit-able.
+
+  distances: (N, N); None = `grid_distances` of the square grid in the paper's unit."""
+  if distances is None:
+    grid = int(round((logits.shape[-1] - num_prefix)**0.5))
+    if grid * grid != logits.shape[-1] - num_prefix:
+      raise ValueError(f"{logits.shape[-1] - num_prefix} patch tokens are no square grid; pass "
+                       "the distances")
+    distances = grid_distances(grid)
   return stats_from_probs(patch_attention(logits, num_prefix), distances)
 
 

@@ -208,8 +208,8 @@ def run(config, workdir: str) -> dict:
         os.path.join(workdir, f"cka_{a}_vs_{b}.png"), matrix, a, b,
         layer_labels(models[i]["encoder"].depth), layer_labels(models[j]["encoder"].depth),
         f"{config.cka.kernel} CKA ({seen} images): {a} vs {b}"))
-  unit = {"patch": "pixels", "sqrt_tokens": "reference units", "grid": "patches"}[
-      config.attention.distance_unit]
+  unit = {"patch": "pixels", "sqrt_tokens": "grid x sqrt(N), the paper's unit",
+          "grid": "patches"}[config.attention.distance_unit]
   for key, ylabel in (("distance", f"mean attention distance ({unit})"),
                       ("entropy", "attention entropy (nats)")):
     values = {name: np.asarray(v[key]) for name, v in result["attention"].items()}

@@ -34,9 +34,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           remove_cls=True,   # the reference drops the cls token
       )),
       attention=ml_collections.ConfigDict(dict(
-          # patch: true pixels (grid distance * patch size); sqrt_tokens: the reference's unit
-          # (grid distance * sqrt(num patches), 14 at 224px/16); grid: patch units.
-          distance_unit="patch",
+          # sqrt_tokens: the paper's unit (grid distance * sqrt(num patches), 14 at 224px/16);
+          # patch: true pixels (grid distance * patch size); grid: patch units.
+          distance_unit="sqrt_tokens",
       )),
       vis=ml_collections.ConfigDict(dict(
           num_images=4,      # images in the attention-map and reconstruction figures
