@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from maelite_jax.analysis import attention, cka, plots, representations
+from maelite_jax.models.meta import CheckpointMeta, ModelSpec
 from maelite_jax.models.registry import create_model, model_kwargs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -223,19 +224,59 @@ def tiny_vit(depth=2):
                       num_heads=4)
 
 
-def test_representations_are_norm1_inputs_and_final_norm():
+def _layer_norm(x, scale=1.0, bias=0.0):
+  """LayerNorm over the last axis in numpy, eps 1e-6 (the reference's fc_norm)."""
+  x = np.asarray(x, np.float64)
+  mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + 1e-6) * scale + bias
+
+
+def _with_norm(params, key, seed):
+  rng = np.random.default_rng(seed)
+  dim = params[key]["scale"].shape[0]
+  return dict(params, **{key: {"scale": (1.0 + 0.5 * rng.normal(size=dim)).astype(np.float32),
+                               "bias": rng.normal(size=dim).astype(np.float32)}})
+
+
+def test_representations_are_norm1_inputs_and_a_fresh_norm_of_the_last_block():
+  """MAE-Lite's 13th representation of a pre-trained encoder is fc_norm of the last block's
+  tokens in a global_pool=True fine-tune model: freshly initialised, not the trained `norm`."""
   import flax.linen as nn
   model = tiny_vit()
   x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
   params = random_params(model, x)
-  out = representations.forward(model, params, x)
+  a, b = _with_norm(params, "norm", 2), _with_norm(params, "norm", 3)
+  out = representations.forward(model, a, x)
   assert len(out["reps"]) == 3 and out["reps"][0].shape == (2, 64, 32)
   assert out["logits"][1].shape == (2, 4, 65, 65)
-  final, aux = model.apply({"params": params}, x, return_tokens=(0,))
-  ln = nn.LayerNorm(epsilon=1e-6).apply({"params": params["blocks_1"]["norm1"]}, aux["tokens"][0])
+  np.testing.assert_allclose(out["reps"][2], representations.forward(model, b, x)["reps"][2],
+                             atol=1e-6)
+  final, aux = model.apply({"params": a}, x, return_tokens=(0, 1))
+  np.testing.assert_allclose(out["reps"][2], _layer_norm(aux["tokens"][1])[:, 1:], atol=1e-4)
+  ln = nn.LayerNorm(epsilon=1e-6).apply({"params": a["blocks_1"]["norm1"]}, aux["tokens"][0])
   np.testing.assert_allclose(out["reps"][1], ln[:, 1:], atol=1e-5)
-  np.testing.assert_allclose(out["reps"][2], final[:, 1:], atol=1e-5)
   assert representations.layer_labels(2) == ["b0", "b1", "out"]
+  # MAE-Lite runs MoCo-v3 with global_pool=False: the trained final norm.
+  meta = lambda name, objective="", **kw: CheckpointMeta(ModelSpec(name, kw), objective)
+  for m in (meta("vit_tiny_patch16", "mocov3"), meta("vit_tiny_patch16", posemb="mocov3")):
+    assert representations.last_norm(m, {"encoder": a}) == "norm"
+  assert representations.last_norm(meta("mae_vit_tiny_patch16", "mae"), {"encoder": a}) == "fresh"
+  normed = representations.forward(model, a, x, last="norm")["reps"][2]
+  np.testing.assert_allclose(normed, final[:, 1:], atol=1e-5)
+
+
+def test_last_representation_of_an_avg_pooled_classifier_uses_its_trained_fc_norm():
+  model = create_model("vit_tiny_patch16", image_size=32, patch_size=4, depth=2, embed_dim=32,
+                       num_heads=4, num_classes=5, global_pool="avg")
+  x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  params = _with_norm(random_params(model, x), "fc_norm", 4)
+  assert "norm" not in params
+  out = representations.forward(model, params, x)
+  _, aux = model.apply({"params": params}, x, return_tokens=(1,))
+  want = _layer_norm(aux["tokens"][1], params["fc_norm"]["scale"], params["fc_norm"]["bias"])
+  np.testing.assert_allclose(out["reps"][2], want[:, 1:], atol=1e-4)
+  assert representations.last_norm(
+      CheckpointMeta(ModelSpec("vit_tiny_patch16"), "classification"), params) == "fc_norm"
 
 
 # ------------------------------------------------------------------------------------- script

@@ -56,8 +56,10 @@ def load_models(config) -> list[dict]:
     params, meta = load_params(path)
     meta = CheckpointMeta.from_dict(meta)
     encoder, enc_params = encoder_from_meta(meta, params, config.image_size)
+    last = reps.last_norm(meta, enc_params) if config.cka.last_norm == "auto" else (
+        config.cka.last_norm)
     models.append(dict(name=name, path=path, meta=meta, params=params, encoder=encoder,
-                       enc_params=enc_params, is_mae=reps.is_mae(params)))
+                       enc_params=enc_params, is_mae=reps.is_mae(params), last_norm=last))
     logging.info("%s: %s from %s (depth %d, %d heads, %dpx, patch %d)", name,
                  meta.model.name, path, encoder.depth, encoder.num_heads,
                  encoder.image_size, encoder.patch_size)
@@ -98,8 +100,10 @@ def vis_layers_heads(encoder, config) -> tuple[list[int], list[int]]:
   return layers, [h for h in config.vis.heads if 0 <= h < encoder.num_heads] or [0]
 
 
-def make_batch_fn(encoder, config, mesh):
+def make_batch_fn(encoder, config, mesh, last_norm=None):
   """jit: (params, images) -> dict of per-batch summaries, all small and replicated.
+
+  last_norm: the LayerNorm of the last CKA representation (representations.forward's `last`).
 
   grams (depth+1, B, B) linear grams of the CKA representations; distance, entropy (depth, B, H);
   maps (len(vis layers), B, len(vis heads), g, g) attention maps for the figures.
@@ -111,7 +115,7 @@ def make_batch_fn(encoder, config, mesh):
   query, g = vis_query(config.vis.query, encoder.grid_size), encoder.grid_size
 
   def fn(params, images):
-    out = forward(encoder, params, images, remove_cls=config.cka.remove_cls)
+    out = forward(encoder, params, images, remove_cls=config.cka.remove_cls, last=last_norm)
     stats = [attention.attention_stats(out["logits"][i], dist) for i in range(encoder.depth)]
     maps = [attention.attention_map(out["logits"][i], query)[:, jnp.asarray(heads)] for i in layers]
     return dict(grams=jnp.stack([cka.linear_gram(r) for r in out["reps"]]),
@@ -157,7 +161,7 @@ def run(config, workdir: str) -> dict:
   image_size = models[0]["encoder"].image_size
   fns = []
   for m in models:
-    fn, m["pixels_per_patch"] = make_batch_fn(m["encoder"], config, mesh)
+    fn, m["pixels_per_patch"] = make_batch_fn(m["encoder"], config, mesh, m["last_norm"])
     fns.append(fn)
     m["enc_params"] = jax.device_put(m["enc_params"], mesh_lib.replicated(mesh))
   pairs = [(i, j) for i in range(len(models)) for j in range(i, len(models))]
@@ -192,7 +196,7 @@ def run(config, workdir: str) -> dict:
     result["models"][m["name"]] = dict(
         path=m["path"], model=m["meta"].model.name, mae=m["is_mae"], depth=enc.depth,
         num_heads=enc.num_heads, image_size=enc.image_size, patch_size=enc.patch_size,
-        cka_layers=layer_labels(enc.depth))
+        cka_layers=layer_labels(enc.depth), cka_last_norm=m["last_norm"])
     stats = acc.result()
     result["attention"][m["name"]] = dict(
         unit=config.attention.distance_unit, pixels_per_patch=m["pixels_per_patch"],

@@ -32,6 +32,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           kernel="linear",   # linear | rbf
           rbf_threshold=0.5, # rbf sigma = threshold * median pairwise distance
           remove_cls=True,   # the reference drops the cls token
+          # LayerNorm of the last representation: auto = the reference's (a trained fc_norm,
+          # else a fresh one; MoCo-v3's trained final norm), or fc_norm | fresh | norm.
+          last_norm="auto",
       )),
       attention=ml_collections.ConfigDict(dict(
           # sqrt_tokens: the paper's unit (grid distance * sqrt(num patches), 14 at 224px/16);
