@@ -250,6 +250,79 @@ def test_import_files_with_wrappers_and_prefixes(tmp_path):
   assert len(report.skipped) == len(enc) and not report.unexpected
 
 
+def _mocov3_pos_embed(dim, grid):
+  """MoCo-v3's vits.py build_2d_sincos_position_embedding, re-derived in float32 numpy:
+  torch.meshgrid(grid_w, grid_h) ('ij'), then [sin w, cos w, sin h, cos h], zero cls row."""
+  grid_w, grid_h = np.meshgrid(np.arange(grid, dtype=np.float32),
+                               np.arange(grid, dtype=np.float32), indexing="ij")
+  pos_dim = dim // 4
+  omega = 1.0 / 10000.0**(np.arange(pos_dim, dtype=np.float32) / pos_dim)
+  out_w = np.einsum("m,d->md", grid_w.reshape(-1), omega)
+  out_h = np.einsum("m,d->md", grid_h.reshape(-1), omega)
+  emb = np.concatenate([np.sin(out_w), np.cos(out_w), np.sin(out_h), np.cos(out_h)], axis=1)
+  return np.concatenate([np.zeros((1, dim), np.float32), emb], axis=0)[None]
+
+
+def test_import_keeps_mocov3s_position_table(tmp_path):
+  """A MoCo-v3 checkpoint's fixed pos_embed (MAE's halves swapped) stays the model's table
+  through import, every tool that rebuilds the model from meta, and export."""
+  from types import SimpleNamespace
+  from maelite_jax.models.meta import CheckpointMeta, ModelSpec
+  from maelite_jax.train.checkpoint import load_encoder
+  from maelite_jax.train.pretrained import map_pretrained
+  objective = lambda name, key, model, fresh=(): SimpleNamespace(
+      name=name, encoder_key=key, fresh_keys=fresh, spec=ModelSpec(model, SMALL))
+  _, params = _case("vit_tiny_patch16", **SMALL)
+  sd = export.to_torch_state_dict(params, "timm", image_size=32)
+  moco_table = _mocov3_pos_embed(192, 8)
+  assert np.max(np.abs(moco_table - sd["pos_embed"])) > 0.5  # not MAE's table
+  sd["pos_embed"] = moco_table
+  path = str(tmp_path / "mocov3.safetensors")
+  export.write_safetensors({f"module.{which}.{k}": v for which in ("base_encoder",
+                            "momentum_encoder") for k, v in sd.items()}, path)
+  out = str(tmp_path / "imported")
+  _run_script("import_torch", f"--torch-checkpoint={path}", "--model=vit_tiny_patch16",
+              f"--out={out}", "--prefix=base_encoder.", "--image-size=32",
+              "--model-arg=patch_size=4", "--model-arg=depth=2")
+  loaded, meta = load_params(out)
+  _assert_same_tree(params, loaded)
+  enc, enc_params, _ = load_encoder(out)
+  table = enc.apply({"params": enc_params}, method=lambda m: m.pos_table())
+  np.testing.assert_allclose(np.asarray(table), moco_table, atol=1e-6)
+  assert meta["model"]["kwargs"]["posemb"] == "mocov3"
+  # the forward is timm's with the file's weights and table
+  images = _images(2, 32)
+  ours = np.asarray(jax.jit(enc.apply)({"params": enc_params}, images)[0])
+  net = timm.create_model(**export.timm_model_args(enc, enc_params)).eval()
+  net.load_state_dict(_torch_sd(sd), strict=True)
+  with torch.no_grad():
+    theirs = net.forward_features(_nchw(images)).numpy()
+  assert float(np.max(np.abs(ours - theirs))) <= TOL
+  # fine-tuning and segmentation start their trainable tables from it (at their grid), a
+  # pre-training init with MAE's table refuses it; export writes it back
+  meta = CheckpointMeta.from_dict(meta)
+  target = {"cls_token": params["cls_token"], "pos_embed": np.zeros_like(moco_table)}
+  classifier = objective("classification", "", "vit_tiny_patch16", ("head", "fc_norm"))
+  np.testing.assert_allclose(map_pretrained(target, loaded, meta, classifier)["pos_embed"],
+                             moco_table, atol=1e-6)
+  target = {"backbone": {"cls_token": params["cls_token"], "pos_embed": np.zeros((1, 17, 192))}}
+  segmenter = objective("segmentation", "backbone", "vit_tiny_patch16")
+  np.testing.assert_allclose(
+      map_pretrained(target, loaded, meta, segmenter)["backbone"]["pos_embed"],
+      _mocov3_pos_embed(192, 4), atol=1e-6)
+  with pytest.raises(ValueError, match="layout"):
+    map_pretrained({"encoder": {}}, loaded, meta, objective("mae", "encoder",
+                                                            "mae_vit_tiny_patch16"))
+  _run_script("export_torch", f"--checkpoint={out}", f"--out={tmp_path}/back.safetensors")
+  back = export.read_state_dict(str(tmp_path / "back.safetensors"))
+  np.testing.assert_allclose(back["pos_embed"], moco_table, atol=1e-6)
+  # an MAE's encoder has MAE's table only: a MoCo-v3 table there is an error, not a silent swap
+  mae, mae_params = _case("mae_vit_tiny_patch16", **MAE_CASES["small"])
+  mae_sd = export.to_torch_state_dict(mae_params, "mae", image_size=32)
+  with pytest.raises(ValueError, match="mocov3"):
+    export.from_torch_state_dict(dict(mae_sd, pos_embed=moco_table), "mae", model=mae)
+
+
 # ------------------------------------------------------------------------------------- scripts
 
 def _run_script(name, *args):

@@ -46,7 +46,8 @@ def export_checkpoint(checkpoint: str, out: str, fmt: str = "timm", dtype: str =
   meta = CheckpointMeta.from_dict(meta)
   name = meta.model.name
   model = meta.model.build()
-  state_dict = export.to_torch_state_dict(params, fmt, image_size=model.image_size, dtype=dtype)
+  state_dict = export.to_torch_state_dict(params, fmt, image_size=model.image_size, dtype=dtype,
+                                          posemb=getattr(model, "posemb", "mae"))
   args = export.timm_model_args(model, params) if fmt == "timm" else export.mae_model_args(model)
   paths = output_paths(out)
   io.write_safetensors(state_dict, paths["safetensors"],

@@ -6,7 +6,9 @@
       --model vit_tiny_patch16 --out workdirs/mocov3_tiny
 
 The output is a workdir with checkpoints/0 in the training layout (meta names the model), which
-`--config.init` of pre-training, fine-tuning and distillation accept.
+`--config.init` of pre-training, fine-tuning and distillation accept. A MoCo-v3 file's fixed
+position table (MAE's with its halves swapped) is recognised and kept: meta's model kwargs get
+posemb='mocov3'.
 """
 
 import ast
@@ -61,11 +63,15 @@ def import_checkpoint(torch_checkpoint: str, model: str, out: str, *, fmt: str |
   state_dict = export.read_state_dict(torch_checkpoint, allow_pickle=allow_pickle)
   params, report = export.from_torch_state_dict(state_dict, fmt, model=module, prefix=prefix,
                                                 allow_missing=allow_missing)
+  if report.posemb and report.posemb != getattr(module, "posemb", "mae"):
+    # a fixed table is no param: the model keeps the file's (MoCo-v3's) layout through its meta,
+    # which every tool that rebuilds it (fine-tuning, evaluation, analysis, export) reads
+    overrides["posemb"] = report.posemb
   meta = {"model": {"name": model, "kwargs": overrides}, "objective": "",
           "source": {"torch_checkpoint": os.path.abspath(torch_checkpoint), "format": fmt,
                      "prefix": report.prefix, "missing": report.missing,
                      "unexpected": report.unexpected, "resized": report.resized,
-                     "notes": report.notes}}
+                     "posemb": report.posemb, "notes": report.notes}}
   step_dir = save_params(out, params, meta, step=step)
   logging.info("imported %s into %s: %s", torch_checkpoint, step_dir, report.summary())
   return step_dir, report

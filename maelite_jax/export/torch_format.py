@@ -5,7 +5,9 @@ Our parameter names follow timm's, so a key is the flax path joined by '.', with
 (out, in)) and the patch conv goes HWIO <-> OIHW. The encoder's keys are the same in both formats
 (timm's VisionTransformer and MAE's encoder half); 'mae' adds the decoder. Fixed sin-cos tables
 are no flax params but torch modules keep them (`pos_embed`, `decoder_pos_embed`), so export
-writes them and import checks them, loading `pos_embed` only into a trainable table.
+writes them and import checks them, loading `pos_embed` only into a trainable table. A fixed
+`pos_embed` comes in MAE's layout or MoCo-v3's (halves swapped, models/posemb.py): import reports
+which (`ImportReport.posemb`), and export writes the model's own.
 """
 
 import dataclasses
@@ -19,7 +21,7 @@ from absl import logging
 from flax import traverse_util
 
 from maelite_jax.export import io
-from maelite_jax.models.posemb import resize_pos_table, sincos_2d
+from maelite_jax.models import posemb as posemb_lib
 
 FORMATS = ("timm", "mae")
 _ORDER = ("cls_token", "pos_embed", "patch_embed", "proj", "blocks", "norm", "fc_norm", "head",
@@ -70,21 +72,15 @@ def _flat(params) -> dict:
   return traverse_util.flatten_dict(params)
 
 
-def _sincos_table(dim: int, num_tokens: int) -> np.ndarray:
-  """The (1, num_tokens, dim) sin-cos table with its cls row, as MAE builds it."""
-  grid = int(round((num_tokens - 1)**0.5))
-  if grid * grid != num_tokens - 1:
-    raise ValueError(f"a position table of {num_tokens} tokens is not 1 + a square grid")
-  return sincos_2d(dim, grid, cls_token=True)[None]
-
-
 def to_torch_state_dict(params: Mapping[str, Any], fmt: str = "timm", *,
-                        image_size: int | None = None, dtype: str = "float32") -> dict:
+                        image_size: int | None = None, dtype: str = "float32",
+                        posemb: str = "mae") -> dict:
   """Flax params -> {torch key: numpy array} in 'timm' or 'mae' key names.
 
   params: a VisionTransformer tree, or a MaskedAutoencoder tree ({'encoder', decoder...}); for
   'timm' an MAE tree contributes its encoder only. image_size is needed to write the fixed
-  sin-cos tables (every model here except a fine-tuned one with a trainable pos_embed).
+  sin-cos tables (every model here except a fine-tuned one with a trainable pos_embed);
+  posemb is the encoder table's layout (the model's `posemb`; an MAE decoder's is always 'mae').
   """
   _check_format(fmt)
   flat = _flat(params)
@@ -98,14 +94,14 @@ def to_torch_state_dict(params: Mapping[str, Any], fmt: str = "timm", *,
   flat = {p: v for p, v in flat.items() if not p[0].startswith("distill_")}
   out = {torch_key(p): _to_torch_leaf(p, v) for p, v in flat.items()}
 
-  def table(width):
+  def table(width, layout="mae"):
     if image_size is None:
       raise ValueError("image_size is needed to write the fixed sin-cos position tables")
     patch = out["patch_embed.proj.weight"].shape[-1]
-    return _sincos_table(width, (image_size // patch)**2 + 1)
+    return posemb_lib.sincos_table(width, (image_size // patch)**2 + 1, layout)
 
   if "pos_embed" not in out:
-    out["pos_embed"] = table(out["cls_token"].shape[-1])
+    out["pos_embed"] = table(out["cls_token"].shape[-1], posemb)
   if fmt == "mae":
     out["decoder_pos_embed"] = table(out["mask_token"].shape[-1])
   return io.cast({k: out[k] for k in sorted(out, key=_sort_key)}, dtype)
@@ -120,6 +116,8 @@ class ImportReport:
   skipped: list = dataclasses.field(default_factory=list)  # outside the chosen prefix
   resized: dict = dataclasses.field(default_factory=dict)  # key -> [old tokens, new tokens]
   notes: list = dataclasses.field(default_factory=list)
+  # layout of the file's fixed pos_embed ('mae' | 'mocov3'); None: trained, absent or loaded
+  posemb: str | None = None
 
   def summary(self) -> str:
     lines = [f"prefix {self.prefix!r}" if self.prefix else "no prefix"]
@@ -154,19 +152,36 @@ def _init(model, abstract: bool):
   return lowered.compile()()
 
 
-def _check_fixed_table(key, value, report):
-  """A fixed sin-cos target ignores the file's table; it says so when the table was trained."""
-  try:
-    diff = float(np.max(np.abs(value - _sincos_table(value.shape[-1], value.shape[1]))))
-  except ValueError:  # not 1 + a square grid: cannot be MAE's table
-    diff = np.inf
-  if diff > _SINCOS_TOL:
+def _check_fixed_table(key, value, report, model_layout: str | None = "mae"):
+  """A fixed sin-cos target ignores the file's table; it says so when the table was trained.
+
+  The encoder's pos_embed may be in MoCo-v3's layout: the layout found goes to report.posemb.
+  A target of another layout is an error when it cannot change (model_layout None: an MAE,
+  whose encoder always uses MAE's table) and a note otherwise (scripts/import_torch.py then
+  records the file's layout in the checkpoint's model kwargs).
+  """
+  layouts = posemb_lib.LAYOUTS if key == "pos_embed" else ("mae",)  # MAE decoder: MAE's only
+  layout, diff = posemb_lib.match_layout(value, _SINCOS_TOL, layouts)
+  if layout is None:
     msg = (f"{key} in the file is not the fixed sin-cos table (max diff {diff:.3g}); the target "
            "model uses fixed sin-cos positions, so it is ignored")
     if key == "pos_embed":
       msg += " (build the target with trainable_pos_embed=True to load it)"
     report.notes.append(msg)
     logging.warning(msg)
+    return
+  if key != "pos_embed":
+    return
+  report.posemb = layout
+  if layout != (model_layout or "mae"):
+    if model_layout is None:
+      raise ValueError(f"pos_embed in the file is the fixed sin-cos table in {layout!r} layout, "
+                       "but this model's encoder always uses MAE's; load it into a vit_* model")
+    msg = (f"pos_embed in the file is the fixed sin-cos table in {layout!r} layout, not the "
+           f"target's {model_layout!r}: build the model with posemb={layout!r} (import_torch.py "
+           "records it in the checkpoint)")
+    report.notes.append(msg)
+    logging.info(msg)
 
 
 def from_torch_state_dict(state_dict: Mapping[str, Any], fmt: str = "timm", *, model,
@@ -195,14 +210,14 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], fmt: str = "timm", *, m
     value = _from_torch_leaf(path, sd.pop(key))
     if key == "pos_embed" and value.shape != leaf.shape:
       report.resized[key] = [value.shape[1], leaf.shape[1]]
-      value = np.asarray(resize_pos_table(value, leaf.shape[1]), np.float32)
+      value = np.asarray(posemb_lib.resize_pos_table(value, leaf.shape[1]), np.float32)
     if value.shape != leaf.shape:
       bad_shapes.append(f"{key}: file {tuple(value.shape)} (as flax) vs model {tuple(leaf.shape)}")
       continue
     params[path] = value.astype(leaf.dtype)
   for key in ("pos_embed", "decoder_pos_embed"):
     if key in sd and sd[key].ndim == 3:
-      _check_fixed_table(key, sd.pop(key), report)
+      _check_fixed_table(key, sd.pop(key), report, getattr(model, "posemb", None))
   if bad_shapes:
     raise ValueError("shape mismatch between the file and the model (check --model, "
                      "--image-size, --num-classes, --model-arg):\n  " + "\n  ".join(bad_shapes))

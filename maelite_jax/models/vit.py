@@ -215,6 +215,7 @@ class VisionTransformer(nn.Module):
   num_classes: int = 0
   global_pool: str = "token"  # "token" (cls) | "avg" (mean of patch tokens, then fc_norm)
   trainable_pos_embed: bool = False  # fine-tuning: a table initialised from sin-cos
+  posemb: str = "mae"  # the sin-cos table's layout: "mae" | "mocov3" (halves swapped; posemb.py)
   dtype: Any = jnp.float32
   attention_impl: str = "einsum"
   scan_blocks: bool = False  # jax.lax.scan over the blocks (when no per-layer outputs are asked)
@@ -234,7 +235,7 @@ class VisionTransformer(nn.Module):
 
   def pos_table(self):
     """(1, 1 + N, D): constant sin-cos, or the trainable table initialised from it."""
-    table = sincos_2d(self.embed_dim, self.grid_size, cls_token=True)[None]
+    table = sincos_2d(self.embed_dim, self.grid_size, cls_token=True, layout=self.posemb)[None]
     if self.trainable_pos_embed:
       return self.param("pos_embed", lambda *_: jnp.asarray(table))
     return jnp.asarray(table)

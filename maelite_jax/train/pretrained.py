@@ -12,6 +12,9 @@ weights converted by scripts/import_torch.py) can start any objective:
   - the other top-level parts of the target (MAE's decoder, D-MAE's adapters, MoCo-v3's heads,
     the segmentation neck) are taken from the source when it has them with the same shapes,
     else they keep their fresh initialisation; the log says which.
+Fixed sin-cos tables are no params: a source whose table has another layout (MoCo-v3's, see
+models/posemb.py) can start a model with a trainable table (initialised from the source's
+layout) but not one with a fixed table of the other layout (it would see transposed positions).
 The result must have exactly the target's structure and shapes, else a ConfigError says which
 architecture the checkpoint holds.
 """
@@ -20,7 +23,7 @@ import numpy as np
 from absl import logging
 
 from maelite_jax.models.meta import CheckpointMeta, encoder_params
-from maelite_jax.models.posemb import resize_pos_table
+from maelite_jax.models.posemb import resize_pos_table, sincos_table
 from maelite_jax.train import checkpoint as ckpt_lib
 from maelite_jax.utils.errors import ConfigError
 
@@ -35,14 +38,17 @@ def _pos_fit(table, like):
   return np.asarray(resize_pos_table(np.asarray(table, np.float32), like.shape[1]), like.dtype)
 
 
-def map_encoder(target: dict, source: dict, fresh_keys=()) -> dict:
+def map_encoder(target: dict, source: dict, fresh_keys=(), source_layout: str = "mae") -> dict:
   """A pre-trained ViT tree `source` mapped onto the ViT tree `target` (see module doc)."""
   out, missing = {}, []
   for key, value in target.items():
     if key in fresh_keys:
       out[key] = value
-    elif key == "pos_embed":
-      out[key] = _pos_fit(source[key], value) if key in source else value
+    elif key == "pos_embed" and key in source:
+      out[key] = _pos_fit(source[key], value)
+    elif key == "pos_embed":  # the target starts from MAE's table; the source's may differ
+      out[key] = value if source_layout == "mae" else sincos_table(
+          value.shape[-1], value.shape[1], source_layout).astype(value.dtype)
     elif key in source:
       out[key] = source[key]
     elif key == "norm":
@@ -58,9 +64,23 @@ def map_encoder(target: dict, source: dict, fresh_keys=()) -> dict:
   return out
 
 
+def _check_layouts(target_encoder: dict, meta: CheckpointMeta, objective) -> str:
+  """The source's fixed-table layout; a ConfigError if a fixed target table cannot take it."""
+  source = meta.model.kwargs.get("posemb", "mae")
+  own = objective.spec.kwargs.get("posemb", "mae") if objective.spec else "mae"
+  if source != own and "pos_embed" not in target_encoder:
+    raise ConfigError(
+        f"config.init: the checkpoint's encoder uses the {source!r} position-table layout and "
+        f"this model's fixed table is {own!r}: it would see transposed positions. Fine-tune it "
+        "(a trainable table takes either layout) or pre-train from a checkpoint of MAE's "
+        "layout.")
+  return source
+
+
 def map_pretrained(target: dict, loaded: dict, meta: CheckpointMeta, objective) -> dict:
   """Loaded params (numpy) in the structure of `target` (numpy) for `objective`."""
   key = objective.encoder_key
+  layout = _check_layouts(target[key] if key else target, meta, objective)
   if meta.objective == objective.name and set(loaded) == set(target):
     out = dict(loaded)
     enc = out.get(key) if key else out
@@ -71,11 +91,11 @@ def map_pretrained(target: dict, loaded: dict, meta: CheckpointMeta, objective) 
     return out
   source = encoder_params(loaded)
   if not key:
-    return map_encoder(target, source, objective.fresh_keys)
+    return map_encoder(target, source, objective.fresh_keys, layout)
   out, fresh = {}, []
   for name, value in target.items():
     if name == key:
-      out[name] = map_encoder(value, source, objective.fresh_keys)
+      out[name] = map_encoder(value, source, objective.fresh_keys, layout)
     elif name in loaded and _shapes(loaded[name]) == _shapes(value):
       out[name] = loaded[name]
     else:
