@@ -13,7 +13,7 @@ from PIL import Image
 
 from maelite_jax import data
 from maelite_jax.configs import common
-from maelite_jax.data import fashion_mnist_builtin
+from maelite_jax.data import fashion_mnist_files
 from maelite_jax.data import sources
 from maelite_jax.data import transforms
 
@@ -99,8 +99,8 @@ def test_builtin_counts_and_classes(builtin_dir):
   test = tfds.as_numpy(builder.as_dataset('test', batch_size=-1))
   assert sorted(np.unique(test['label'])) == list(range(10))
   # Records keep the order of the bundled IDX files and decode to the same pixels.
-  images, labels, _ = fashion_mnist_builtin.SPLITS['test']
-  read = lambda name: fashion_mnist_builtin.read_idx(fashion_mnist_builtin.DATA_DIR / name)
+  images, labels, _ = fashion_mnist_files.SPLITS['test']
+  read = lambda name: fashion_mnist_files.read_idx(fashion_mnist_files.DATA_DIR / name)
   np.testing.assert_array_equal(test['image'][..., 0], read(images))
   np.testing.assert_array_equal(test['label'], read(labels))
 

@@ -1,46 +1,18 @@
 """tfds builder for the Fashion-MNIST copy shipped inside the package.
 
 It exists so that every config has a real image dataset that prepares offline: the IDX files
-live in `maelite_jax/data/fashion_mnist/` (see the NOTICE there) and nothing is downloaded.
-Importing this module registers the name `fashion_mnist_builtin` with tfds.
+live in `maelite_jax/data/fashion_mnist/` (see the NOTICE there, read by fashion_mnist_files.py)
+and nothing is downloaded. Importing this module registers the name `fashion_mnist_builtin`
+with tfds.
 """
 
-import gzip
-import pathlib
 import struct
 import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-DATA_DIR = pathlib.Path(__file__).resolve().parent / 'fashion_mnist'
-
-CLASS_NAMES = (
-    't_shirt_top', 'trouser', 'pullover', 'dress', 'coat',
-    'sandal', 'shirt', 'sneaker', 'bag', 'ankle_boot',
-)
-
-# split -> (images file, labels file, number of examples); the sizes let configs be checked
-# before the dataset is prepared.
-SPLITS = {
-    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz', 60_000),
-    'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz', 10_000),
-}
-
-_IDX_DTYPES = {0x08: np.uint8}
-
-
-def read_idx(path) -> np.ndarray:
-  """Parses a gzipped IDX file (big-endian header: 0, 0, dtype code, ndim, then dims)."""
-  with gzip.open(path, 'rb') as f:
-    data = f.read()
-  zero, code, ndim = int.from_bytes(data[:2], 'big'), data[2], data[3]
-  if zero != 0 or code not in _IDX_DTYPES:
-    raise ValueError(f'{path} is not an unsigned-byte IDX file (header {data[:4]!r}).')
-  dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim)]
-  offset = 4 + 4 * ndim
-  array = np.frombuffer(data, dtype=_IDX_DTYPES[code], offset=offset)
-  return array.reshape(dims)
+from maelite_jax.data.fashion_mnist_files import CLASS_NAMES, SPLITS, load_split
 
 
 class FashionMnistBuiltin(tfds.core.GeneratorBasedBuilder):
@@ -72,13 +44,8 @@ class FashionMnistBuiltin(tfds.core.GeneratorBasedBuilder):
     return {name: self._generate_examples(name) for name in SPLITS}
 
   def _generate_examples(self, split):
-    images_file, labels_file, count = SPLITS[split]
-    images = read_idx(DATA_DIR / images_file)
-    labels = read_idx(DATA_DIR / labels_file)
-    if images.shape != (count, 28, 28) or labels.shape != (count,):
-      raise ValueError(f'Bundled Fashion-MNIST {split} files have shapes {images.shape} and '
-                       f'{labels.shape}; expected ({count}, 28, 28) and ({count},).')
-    for i in range(count):
+    images, labels = load_split(split)
+    for i in range(len(images)):
       yield i, {'image': _png_bytes(images[i]), 'label': int(labels[i])}
 
 

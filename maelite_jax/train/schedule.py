@@ -15,8 +15,8 @@ def schedule_lengths(config) -> tuple[int, int]:
   """
   total, warmup = config.total_steps, config.optim.warmup_steps
   if total <= 0:
-    from maelite_jax.data import pipeline  # reads the dataset's size: only for epoch-based runs
-    steps_per_epoch = max(pipeline.num_examples(config.data, config.data.train_split)
+    from maelite_jax import data  # reads the dataset's size: only for epoch-based runs
+    steps_per_epoch = max(data.num_examples(config.data, config.data.train_split)
                           // config.batch_size, 1)
     total = int(config.total_epochs * steps_per_epoch)
     if warmup < 0:
