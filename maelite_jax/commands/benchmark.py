@@ -17,6 +17,7 @@ micro-batches, and jax_over_torch_speed is taken against the faster of the two.
 import json
 import os
 import statistics
+import sys
 
 from absl import app, flags, logging
 
@@ -36,7 +37,20 @@ _MICRO = flags.DEFINE_integer(
     "micro_batch_size", -1, "gradient accumulation micro-batch; -1 = auto: 8 on CPU for MAE and "
     "D-MAE (cache-sized, the same update), the whole batch elsewhere; 0 = the whole batch")
 _TORCH = flags.DEFINE_bool("compare_torch", False, "also time the PyTorch step (MAE)")
-_PIPELINE = flags.DEFINE_bool("pipeline", False, "also time the tf.data input pipeline")
+_PIPELINE = flags.DEFINE_bool(
+    "pipeline", False, "time the input pipeline instead of the step: ours against a PyTorch "
+    "DataLoader + PIL on real JPEGs, per core, and ours on the built-in data "
+    "(maelite_jax/bench/pipeline.py; uses the first --batch and --image-size, --steps batches "
+    "per turn)")
+_PIPE_FILES = flags.DEFINE_integer("pipeline_files", 1000, "JPEG files built for --pipeline")
+_PIPE_ROUNDS = flags.DEFINE_integer("pipeline_rounds", 3, "turns of each loader (--pipeline)")
+_PIPE_INTERP = flags.DEFINE_list("pipeline_interpolation", ["bilinear", "bicubic", "random"],
+                                 "crop interpolations compared (--pipeline)")
+_PIPE_BUILTIN = flags.DEFINE_bool("pipeline_builtin", True, "--pipeline: also the built-in data")
+_PIPE_VARIANTS = flags.DEFINE_bool("pipeline_variants", False, "--pipeline: also each tf.data "
+                                   "setting turned off, and decode-then-crop")
+_PIPE_DIR = flags.DEFINE_string("pipeline_jpeg_dir", "", "--pipeline: an existing ImageFolder "
+                                "root (with train/<class>/) instead of the built JPEGs")
 _JSON = flags.DEFINE_string("json", None, "write the records to this file")
 _CONFIG = flags.DEFINE_string("config", None, "config file[:variant] (default "
                               "configs/<objective>_tiny.py), e.g. configs/mae_tiny.py:cpu")
@@ -92,6 +106,8 @@ def random_teacher(name: str, patch_size: int) -> str:
 
 def _main(argv):
   del argv
+  if _PIPELINE.value:
+    return _pipeline_main()
   import jax
   from maelite_jax.bench import step as benchmark
   records = []
@@ -124,11 +140,25 @@ def _main(argv):
           rec["torch_micro_images_per_s"] = batch / statistics.median(times["torch_micro"])
           best = max(best, rec["torch_micro_images_per_s"])
         rec["jax_over_torch_speed"] = rec["images_per_s"] / best
-      if _PIPELINE.value:
-        rec.update(benchmark.bench_pipeline(config))
       records.append(rec)
       print(json.dumps(rec), flush=True)
   _print_table(records)
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(records, f, indent=1)
+
+
+def _pipeline_main():
+  from maelite_jax.bench import pipeline
+  records = pipeline.run(batch=int(_BATCH.value[0]), image_size=int(_IMAGE.value[0]),
+                         steps=_STEPS.value, warmup=_WARMUP.value, rounds=_PIPE_ROUNDS.value,
+                         files=_PIPE_FILES.value, interpolations=_PIPE_INTERP.value,
+                         builtin=_PIPE_BUILTIN.value, variants=_PIPE_VARIANTS.value,
+                         jpeg_dir=_PIPE_DIR.value)
+  for rec in records:
+    rec["command"] = " ".join(sys.argv)
+    print(json.dumps(rec), flush=True)
+  pipeline.print_table(records)
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(records, f, indent=1)

@@ -31,11 +31,18 @@ IGNORE_LABEL = 255
 
 # name -> factory(image_size, **kwargs) -> fn(features, seed) -> features
 _FACTORIES: dict[str, Callable] = {}
+# name -> factory(image_size, **kwargs) -> fn(features with 'image' = encoded bytes, seed) ->
+# features: the same op with the decoding fused into it (see `compose(..., encoded=True)`).
+_ENCODED_FACTORIES: dict[str, Callable] = {}
 
 
-def register(name: str):
+def register(name: str, encoded: Callable = None):
+  """Registers an op factory; `encoded`, a factory with the same kwargs whose function takes
+  the still encoded image, lets the op be the first of a list that decodes as it goes."""
   def wrap(factory):
     _FACTORIES[name] = factory
+    if encoded is not None:
+      _ENCODED_FACTORIES[name] = encoded
     return factory
   return wrap
 
@@ -74,7 +81,15 @@ def _on_image(fn):
 
 # ---------------------------------------------------------------- geometric (image)
 
-@register("random_resized_crop")
+def _random_resized_crop_encoded(image_size, *, scale, ratio, interpolation):
+  """The crop below on encoded bytes: a JPEG decodes only its window (same window, same seed)."""
+  scale, ratio = _interval("scale", scale, 0.0, 1.0), _interval("ratio", ratio, 0.0, math.inf)
+  _interpolation(interpolation)
+  return _on_image(lambda im, s: transforms.decode_random_resized_crop(
+      im, s, image_size, scale, ratio, interpolation))
+
+
+@register("random_resized_crop", encoded=_random_resized_crop_encoded)
 def _random_resized_crop(image_size, *, scale, ratio, interpolation):
   """torchvision's RandomResizedCrop to image_size: area fraction in `scale`, aspect in `ratio`."""
   scale, ratio = _interval("scale", scale, 0.0, 1.0), _interval("ratio", ratio, 0.0, math.inf)
@@ -173,12 +188,14 @@ def _seg_eval_view(image_size):
 
 # ---------------------------------------------------------------- composition
 
-def build(name: str, kwargs: dict, image_size: int, where: str = "data ops"):
-  """One op function; a misspelt name or kwarg is a ConfigError naming it and the fix."""
+def build(name: str, kwargs: dict, image_size: int, where: str = "data ops",
+          encoded: bool = False):
+  """One op function (with `encoded`, its variant on encoded bytes); a misspelt name or kwarg
+  is a ConfigError naming it and the fix."""
   if name not in _FACTORIES:
     raise ConfigError(f"{where}: unknown op {name!r}. Fix: use one of: {', '.join(names())}.")
-  factory = _FACTORIES[name]
-  params = inspect.signature(factory).parameters
+  factory = (_ENCODED_FACTORIES if encoded else _FACTORIES)[name]
+  params = inspect.signature(_FACTORIES[name]).parameters
   wanted = [p for p, v in params.items() if v.kind == v.KEYWORD_ONLY]
   kwargs = dict(kwargs or {})
   missing = [k for k in wanted if k not in kwargs]
@@ -194,10 +211,25 @@ def build(name: str, kwargs: dict, image_size: int, where: str = "data ops"):
                       "the config.") from None
 
 
-def compose(ops, image_size: int, where: str = "data ops"):
-  """(features, seed) -> features applying `ops` in order, op i seeded by split(seed)[i]."""
-  fns = [build(name, kwargs, image_size, f"{where}[{i}]") for i, (name, kwargs) in
-         enumerate(_as_pairs(ops, where))]
+def decodes_first(ops) -> bool:
+  """Whether the first op of `ops` can take the encoded image and decode it itself (a JPEG's
+  RandomResizedCrop decodes only its window): `compose(ops, ..., encoded=True)` works."""
+  pairs = _as_pairs(ops, "ops")
+  return bool(pairs) and pairs[0][0] in _ENCODED_FACTORIES
+
+
+def compose(ops, image_size: int, where: str = "data ops", encoded: bool = False):
+  """(features, seed) -> features applying `ops` in order, op i seeded by split(seed)[i].
+
+  encoded=True: features['image'] is the encoded file (a scalar string) and the first op, one
+  for which `decodes_first` holds, decodes it; the seeds are split exactly as without, so every
+  op draws the same numbers as on the decoded image."""
+  pairs = _as_pairs(ops, where)
+  if encoded and not decodes_first(pairs):
+    raise ValueError(f"{where}: the first op cannot decode ({pairs[:1]}); compose it on "
+                     "decoded images.")
+  fns = [build(name, kwargs, image_size, f"{where}[{i}]", encoded=encoded and i == 0)
+         for i, (name, kwargs) in enumerate(pairs)]
 
   def apply(features, seed):
     seeds = tf.random.experimental.stateless_split(seed, max(len(fns), 1))

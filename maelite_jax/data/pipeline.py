@@ -18,11 +18,20 @@ Training is exactly resumable: the batches are a pure function of (seed, step).
   (nothing when `cache` is on), never the whole history.
 Images leave tf.data as uint8 (what torchvision's PIL pipeline produces too) and are turned into
 normalised float32 by a jitted op on the devices: 4x fewer bytes to move, no slow CPU broadcast.
+
+Speed (docs/input-pipeline.md): when the first training op is a RandomResizedCrop and the source
+holds encoded files (ImageFolder, tfds JPEG features), the crop is applied to the file itself,
+so a JPEG decodes only its window (the same window from the same seed); tf.data runs on a
+private pool of this host's cores with single-threaded ops. `data.service_address` moves the
+decoding and augmentation to tf.data service workers on other machines; the batches stay
+exactly those of the local pipeline.
 """
 
 import collections
 import itertools
 import math
+import os
+import uuid
 from typing import Iterator, Optional
 
 import jax
@@ -71,6 +80,11 @@ def validate_data_config(data_cfg, image_size: int) -> None:
                                  'e.g. 10000 (shuffle_buffer) or 2 (prefetch).')
   for key in ('train_ops', 'view2_ops', 'eval_ops'):
     ops_lib.validate(data_cfg[key], image_size, f'config.data.{key}')
+  if data_cfg.service_address and data_cfg.cache:
+    raise sources.config_error(
+        'cache', 'is on with data.service_address set: the cache would hold decoded images in '
+        'this process, but with a tf.data service the workers decode.', 'set data.cache=False '
+        '(or data.service_address=\'\' to decode here).')
   if not data_cfg.train_ops:
     raise sources.config_error('train_ops', 'is empty.', 'list at least the crop, e.g. '
                                '(("random_resized_crop", {...}), ("random_flip", {...})).')
@@ -106,11 +120,37 @@ def derive_seed(*keys) -> int:
   return (int(words[0]) << 31) ^ int(words[1])
 
 
-def _options() -> tf.data.Options:
+def host_threads() -> int:
+  """The cores this process may run on (its affinity mask: a container's or a job's share)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
+
+
+def tf_data_options(threads: Optional[int] = None, intra_op: int = 1) -> tf.data.Options:
+  """Throughput settings of every tf.data pipeline here (measured in docs/input-pipeline.md):
+  - deterministic: parallel maps keep the (seed, step) order, which exact resume needs;
+  - a private thread pool of `threads` (default: this host's cores) for this pipeline's maps,
+    so TensorFlow's global pools (and other pipelines) do not compete with it; 0 = the global
+    pool (what tf.data service workers use: the client's core count is not theirs);
+  - `intra_op` threads per op (1: images are processed in parallel, one per thread; an op
+    splitting itself over threads only adds synchronisation);
+  - autotuned parallelism and buffer sizes (the maps, prefetch use tf.data.AUTOTUNE)."""
   options = tf.data.Options()
   options.deterministic = True
+  options.autotune.enabled = True
   options.experimental_optimization.map_parallelization = True
+  threads = host_threads() if threads is None else threads
+  if threads:
+    options.threading.private_threadpool_size = threads
+  if intra_op:
+    options.threading.max_intra_op_parallelism = intra_op
   return options
+
+
+def _options() -> tf.data.Options:
+  return tf_data_options()
 
 
 def _normalizer(mean, std, sharding):
@@ -146,9 +186,11 @@ def to_device(batches, data_cfg, mesh, data_axis, global_batch_size) -> Iterator
     yield queue.popleft()
 
 
-def _features(example, label_type):
-  """A decoded example as the ops' features: float [0, 1] RGB image, int32 class or uint8 map."""
-  image = transforms.to_float(transforms.to_rgb(example['image']))
+def _features(example, label_type, encoded=False):
+  """A decoded example as the ops' features: float [0, 1] RGB image, int32 class or uint8 map
+  (`encoded`: the image is still the file's bytes, for an op that decodes it)."""
+  image = example['image'] if encoded else transforms.to_float(transforms.to_rgb(
+      example['image']))
   label = example['label']
   return {'image': image,
           'label': tf.cast(label, tf.uint8 if label_type == 'map' else tf.int32)}
@@ -162,17 +204,29 @@ def _finish(features, image_size, label_type, view_key='image'):
   return out
 
 
-def train_transform(data_cfg, image_size, base_seed):
+def decodes_in_first_op(data_cfg, source) -> bool:
+  """Whether training examples go to the ops undecoded, so that the first op (RandomResizedCrop)
+  decodes a JPEG's crop window only. Needs: one view (two views would decode the file twice,
+  slower than decoding it once), class labels (a segmentation map must follow the image's
+  geometry), no cache (cached examples are decoded once anyway), a source of encoded files."""
+  return (not data_cfg.view2_ops and data_cfg.label_type == 'class' and not data_cfg.cache
+          and ops_lib.decodes_first(data_cfg.train_ops) and source.has_encoded_images())
+
+
+def train_transform(data_cfg, image_size, base_seed, encoded=False):
   """(index, decoded example) -> augmented uint8 example; its seed is folded from the index.
-  With view2_ops the two views use seeds folded from it with 0 and 1 ('image', 'image2')."""
+  With view2_ops the two views use seeds folded from it with 0 and 1 ('image', 'image2').
+  encoded=True: the example's image is the encoded file and the first op decodes it (see
+  `decodes_in_first_op`); every op gets the same seed as on the decoded image."""
   label_type = data_cfg.label_type
-  views = [ops_lib.compose(data_cfg.train_ops, image_size, 'config.data.train_ops')]
+  views = [ops_lib.compose(data_cfg.train_ops, image_size, 'config.data.train_ops',
+                           encoded=encoded)]
   if data_cfg.view2_ops:
     views.append(ops_lib.compose(data_cfg.view2_ops, image_size, 'config.data.view2_ops'))
 
   def fn(index, example):
     seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-    features = _features(example, label_type)
+    features = _features(example, label_type, encoded)
     out = {'label': features['label']}
     for v, view in enumerate(views):
       view_seed = seed if len(views) == 1 else tf.random.experimental.stateless_fold_in(seed, v)
@@ -190,10 +244,25 @@ def build_train_iterator(data_cfg, *, image_size: int, global_batch_size: int,
   (B, H, W, 3) normalised, 'label': i32 (B,) or u8 (B, H, W)} (+ 'image2' with view2_ops);
   batch k of a run started at `start_step` is step start_step + k."""
   validate_data_config(data_cfg, image_size)
+  local_batch = local_batch_size(global_batch_size, mesh, data_axis)
+  batches = local_train_batches(data_cfg, image_size=image_size, local_batch=local_batch,
+                                seed=seed, start_step=start_step,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
+  return to_device(batches, data_cfg, mesh, data_axis, global_batch_size)
+
+
+def local_train_batches(data_cfg, *, image_size: int, local_batch: int, seed: int,
+                        start_step: int = 0, process_index: int = 0, process_count: int = 1,
+                        options: Optional[tf.data.Options] = None,
+                        fuse_decode: Optional[bool] = None) -> Iterator[dict]:
+  """This process's endless training batches as uint8/int numpy arrays (what
+  `build_train_iterator` puts on the devices): it reads only its share of the split.
+  `options` (default `tf_data_options()`) and `fuse_decode` (default: whenever
+  `decodes_in_first_op`) exist for the benchmark and the tests; neither changes a batch."""
   source = make_source(data_cfg)
   split = data_cfg.train_split
-  local_batch = local_batch_size(global_batch_size, mesh, data_axis)
-  pi, pc = jax.process_index(), jax.process_count()
+  pi, pc = process_index, process_count
   local_count = source.process_counts(split, pc, drop_remainder=True)[pi]
   steps = local_count // local_batch
   if steps == 0:
@@ -203,10 +272,20 @@ def build_train_iterator(data_cfg, *, image_size: int, global_batch_size: int,
         'split.')
   buffer = min(data_cfg.shuffle_buffer, local_count)
   aug_tag, shuffle_tag = _SEED_TAGS[data_cfg.label_type]
+  encoded = decodes_in_first_op(data_cfg, source) if fuse_decode is None else fuse_decode
+  service = data_cfg.service_address
   # Traced once here rather than by every epoch's `map` (~0.5 s each on a small CPU).
-  transform = tf.function(train_transform(
-      data_cfg, image_size, tf.constant([derive_seed(seed, aug_tag), pi], tf.int64)))
-  decode = tf.function(lambda index, example: (index, source.decode(example)))
+  transform = train_transform(data_cfg, image_size,
+                              tf.constant([derive_seed(seed, aug_tag), pi], tf.int64), encoded)
+  read = source.encoded if encoded else source.decode
+
+  @tf.function
+  def prepare(index, example):
+    out = transform(index, read(example))
+    if service:
+      out['_index'] = index  # puts the examples of the workers back in order (`_in_order`)
+    return out
+
   shared = dict(process_index=pi, process_count=pc, drop_remainder=True)
   cached = None
   if data_cfg.cache:  # decoded once, before any shuffling; reused by every epoch
@@ -215,6 +294,7 @@ def build_train_iterator(data_cfg, *, image_size: int, global_batch_size: int,
     # One full pass (in C++) completes the in-memory cache now: an epoch cut short (a resume,
     # the end of the run) would otherwise leave a partial cache that tf.data discards, warning.
     cached.reduce(np.int64(0), lambda n, _: n + 1)
+    prepare = tf.function(lambda index, example: transform(index, example))
 
   def epoch_dataset(epoch, skip_steps):
     epoch_seed = derive_seed(seed, shuffle_tag, epoch, pi)
@@ -224,20 +304,74 @@ def build_train_iterator(data_cfg, *, image_size: int, global_batch_size: int,
       ds = source.examples(split, seed=epoch_seed, **shared)
       if not source.shuffles_fully:
         ds = ds.shuffle(buffer, seed=epoch_seed)
-    ds = ds.enumerate(start=epoch * local_count).skip(skip_steps * local_batch)
-    if cached is None:
-      ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+    # The epoch's last partial batch is dropped before anything is decoded.
+    ds = ds.enumerate(start=epoch * local_count).take(steps * local_batch)
+    ds = ds.skip(skip_steps * local_batch)
+    if service:
+      return _service_dataset(ds, prepare, service, local_batch, pi, epoch)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return ds.with_options(_options())
+    return ds.with_options(options or _options())
 
-  def local_batches():
-    first_epoch, skip_steps = divmod(start_step, steps)
-    for epoch in itertools.count(first_epoch):
-      yield from epoch_dataset(epoch, skip_steps).as_numpy_iterator()
-      skip_steps = 0
+  first_epoch, skip_steps = divmod(start_step, steps)
+  for epoch in itertools.count(first_epoch):
+    ds = epoch_dataset(epoch, skip_steps)
+    if service:
+      first = epoch * local_count + skip_steps * local_batch
+      yield from _in_order(ds.as_numpy_iterator(), first, local_batch, steps - skip_steps)
+    else:
+      yield from ds.as_numpy_iterator()
+    skip_steps = 0
 
-  return to_device(local_batches(), data_cfg, mesh, data_axis, global_batch_size)
+
+# Examples per element that a tf.data service worker sends (one gRPC message each).
+SERVICE_CHUNK = 16
+
+
+def service_target(address: str) -> str:
+  """'host:port' or 'grpc://host:port' -> the dispatcher target tf.data service takes."""
+  return address if '://' in address else f'grpc://{address}'
+
+
+def _service_dataset(ds, prepare, address, local_batch, process_index, epoch):
+  """The epoch's (index, example) stream processed by tf.data service workers.
+
+  Static sharding (ShardingPolicy.HINT): worker w of W decodes and augments the examples at
+  positions w, w + W, ... of the epoch (all workers list and shuffle the same undecoded
+  stream; listing is cheap), so each example is processed exactly once, by a pure function
+  of (seed, index) as locally. The client receives the workers' chunks in whatever order
+  they come and `_in_order` rebuilds the local pipeline's batches exactly."""
+  service = tf.data.experimental.service
+  ds = ds.shard(tf.data.experimental.SHARD_HINT, tf.data.experimental.SHARD_HINT)
+  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(min(SERVICE_CHUNK, local_batch)).prefetch(tf.data.AUTOTUNE)
+  ds = ds.with_options(tf_data_options(threads=0))  # the workers' own cores
+  # One job per process and epoch; a fresh name, so a restarted run never joins an old job.
+  job = f'maelite-{uuid.uuid4().hex[:12]}-p{process_index}-e{epoch}'
+  ds = ds.apply(service.distribute(processing_mode=service.ShardingPolicy.HINT,
+                                   service=service_target(address), job_name=job,
+                                   compression=None))  # uint8 pixels barely compress
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _in_order(chunks, first: int, local_batch: int, num_batches: int) -> Iterator[dict]:
+  """Batches of examples first, first + 1, ... from chunks that carry their '_index' and come
+  in any order: each example is copied to its place; a batch leaves once complete."""
+  pending = {}  # batch number -> [arrays, examples still missing]
+  for b in range(num_batches):
+    while b not in pending or pending[b][1]:
+      chunk = next(chunks)
+      position = chunk.pop('_index') - first
+      for target in np.unique(position // local_batch).tolist():
+        rows = position // local_batch == target
+        if target not in pending:
+          pending[target] = [{k: np.empty((local_batch,) + v.shape[1:], v.dtype)
+                              for k, v in chunk.items()}, local_batch]
+        arrays = pending[target][0]
+        for k, v in chunk.items():
+          arrays[k][position[rows] % local_batch] = v[rows]
+        pending[target][1] -= int(rows.sum())
+    yield pending.pop(b)[0]
 
 
 def build_eval_iterator(data_cfg, *, image_size: int, global_batch_size: int,

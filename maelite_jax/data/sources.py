@@ -60,6 +60,16 @@ class Source:
     """-> {'image': uint8 (H, W, C), 'label': int32 ()}."""
     raise NotImplementedError
 
+  def has_encoded_images(self) -> bool:
+    """Whether `encoded` works: examples hold image files' bytes (JPEG, PNG, ...) that an op
+    may decode itself, e.g. a JPEG crop that decodes only its window."""
+    return False
+
+  def encoded(self, example) -> dict:
+    """-> {'image': the encoded file, a scalar tf.string, 'label': int32 ()}; decoding it as
+    RGB (`tf.io.decode_image(..., channels=3)`) gives `decode`'s image in RGB."""
+    raise NotImplementedError
+
 
 class TfdsSource(Source):
   """Any tfds dataset with an image and a label feature; prepared on first use."""
@@ -137,8 +147,21 @@ class TfdsSource(Source):
     feature = self.builder.info.features[self.image_key]
     if image.dtype == tf.string:
       image = feature.decode_example(image)
+    return {'image': image, 'label': self._label(example)}
+
+  def _label(self, example):
     label = example[self.label_key] if self.label_key else tf.constant(0)
-    return {'image': image, 'label': tf.cast(label, tf.int32)}
+    return tf.cast(label, tf.int32)
+
+  def has_encoded_images(self) -> bool:
+    # Only JPEG features gain from decoding late, and only 8-bit ones decode as before with
+    # decode_image(channels=3); PNG datasets (Fashion-MNIST) keep tfds's own decoder.
+    feature = self.builder.info.features[self.image_key]
+    return (isinstance(feature, tfds.features.Image) and feature.np_dtype == np.uint8
+            and len(feature.shape) == 3 and feature.encoding_format in (None, 'jpeg'))
+
+  def encoded(self, example):
+    return {'image': example[self.image_key], 'label': self._label(example)}
 
 
 class ImageFolderSource(Source):
@@ -232,6 +255,12 @@ class ImageFolderSource(Source):
     image = tf.io.decode_image(tf.io.read_file(example['path']), channels=3,
                                expand_animations=False)
     return {'image': image, 'label': example['label']}
+
+  def has_encoded_images(self) -> bool:
+    return True
+
+  def encoded(self, example):
+    return {'image': tf.io.read_file(example['path']), 'label': example['label']}
 
 
 def strided_counts(n: int, process_count: int, drop_remainder: bool) -> list:

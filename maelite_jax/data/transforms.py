@@ -110,6 +110,38 @@ def random_resized_crop(image, seed, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 
   return resize(crop, size, interpolation, interp_seed)
 
 
+def decode_random_resized_crop(encoded, seed, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                               interpolation='bicubic'):
+  """`random_resized_crop(decode(encoded), seed, ...)` that decodes only the window of a JPEG.
+
+  The seed is split as `random_resized_crop` splits it and the window drawn from the image's
+  (height, width) by the same `crop_window`, so the window and the interpolation coin are the
+  same; a JPEG's shape comes from its header and only the window's blocks are decoded (the
+  pixels equal a full decode's within libjpeg's rounding), other formats are decoded whole
+  and cropped, exactly as before."""
+  window_seed, interp_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  crop = decode_window(encoded, lambda shape: crop_window(shape, window_seed, scale, ratio))
+  return resize(crop, size, interpolation, interp_seed)
+
+
+def decode_window(encoded, window_fn):
+  """The uint8 RGB window (top, left, h, w) = window_fn((height, width, ...)) of an encoded
+  image. JPEG: the header gives the shape (`extract_jpeg_shape`, no decoding) and
+  `decode_and_crop_jpeg` runs the inverse DCT, upsampling and colour conversion only for the
+  window's blocks. Other formats (PNG, GIF, BMP, WebP): decoded whole, then sliced."""
+
+  def jpeg():
+    top, left, h, w = window_fn(tf.image.extract_jpeg_shape(encoded))
+    return tf.image.decode_and_crop_jpeg(encoded, tf.stack([top, left, h, w]), channels=3)
+
+  def other():
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    top, left, h, w = window_fn(tf.shape(image))
+    return tf.slice(image, tf.stack([top, left, 0]), tf.stack([h, w, 3]))
+
+  return tf.ensure_shape(tf.cond(tf.io.is_jpeg(encoded), jpeg, other), [None, None, 3])
+
+
 def random_flip(image, seed, prob=0.5):
   """Horizontal flip with probability `prob`."""
   flip = tf.random.stateless_uniform([], seed) < prob

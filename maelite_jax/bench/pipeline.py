@@ -1,0 +1,309 @@
+"""Input-pipeline benchmark: this project's tf.data pipeline against a PyTorch DataLoader + PIL
+loader on the same real JPEGs, per core, timed in turns (`scripts/benchmark.py --pipeline`).
+
+The JPEGs: an ImageFolder built offline from the real photographs that installed packages
+ship (scikit-image's data module, matplotlib's sample image; see `photo_paths`), cropped and
+rescaled to ImageNet-like sizes (longer side 300-500 px) and saved at quality 90 with 4:2:0
+chroma, as most ImageNet files are.
+
+Each loader runs in its own process (TensorFlow and PyTorch never share one), driven by this
+module over a pipe: after a warm-up, the loaders take turns, each consuming `steps` batches per
+turn (`rounds` turns each, the order rotated), so drift on a shared machine hits all alike.
+Per loader:
+- `images_per_s`: timed images / timed wall seconds. Buffers filled while another loader ran
+  are drained (untimed) at the start of each turn, so the rate is the steady one;
+- `per_core` = images_per_s / cores: both loaders get every core of the host (`cores`) as
+  threads (tf.data's private pool) or worker processes (DataLoader's num_workers);
+- `images_per_cpu_s`: timed images / CPU seconds the loader's processes (workers included)
+  used while they were timed: the per-core cost, which other users of a shared machine do not
+  distort, since it counts only the loader's own CPU time. The buffers are empty when timing
+  starts and the producers keep pace with the consumer, so the work done is the work timed.
+Both pipelines end with what a training step consumes: ours normalised float32 arrays on the
+JAX device (the jitted normalise of `pipeline.to_device`), PyTorch's normalised float32
+tensors from the loader.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+# The colour photographs of scikit-image's data module (bundled files, no download) and
+# matplotlib's sample image: people, animals, objects, a street scene, microscopy, astronomy.
+SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg",
+                  "ihc.png", "motorcycle_left.png", "motorcycle_right.png", "retina.jpg",
+                  "rocket.jpg")
+JPEG_QUALITY = 90
+SIDES = (300, 500)  # the longer side of the files, uniform in this range (ImageNet-like)
+
+
+def cores() -> int:
+  """The cores this process may use (affinity mask)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def photo_paths() -> list[str]:
+  """Real photographs shipped by installed packages (scikit-image is optional: without it only
+  matplotlib's, a runtime dependency, is used, and the record says so)."""
+  import matplotlib
+  paths = []
+  try:
+    import skimage
+    folder = os.path.join(os.path.dirname(skimage.__file__), "data")
+    paths += [os.path.join(folder, n) for n in SKIMAGE_PHOTOS
+              if os.path.exists(os.path.join(folder, n))]
+  except ImportError:
+    pass
+  paths.append(os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data",
+                            "grace_hopper.jpg"))
+  return paths
+
+
+def make_jpeg_folder(root: str, num_files: int, seed: int = 0) -> dict:
+  """root/train/<photo>/<i>.jpg: `num_files` random crops (40-100 % of the area) of the photos,
+  rescaled so that the longer side is uniform in SIDES, JPEG quality 90. Returns its facts."""
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  photos = photo_paths()
+  sides, sizes = [], []
+  for i in range(num_files):
+    path = photos[i % len(photos)]
+    with Image.open(path) as im:
+      im = im.convert("RGB")
+    width, height = im.size
+    f = np.sqrt(rng.uniform(0.4, 1.0))
+    w, h = max(1, int(width * f)), max(1, int(height * f))
+    left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+    side = int(rng.integers(SIDES[0], SIDES[1] + 1))
+    s = side / max(w, h)
+    im = im.crop((left, top, left + w, top + h)).resize(
+        (max(1, round(w * s)), max(1, round(h * s))), Image.BICUBIC)
+    folder = os.path.join(root, "train", os.path.splitext(os.path.basename(path))[0])
+    os.makedirs(folder, exist_ok=True)
+    out = os.path.join(folder, f"{i:05d}.jpg")
+    im.save(out, quality=JPEG_QUALITY)  # PIL's default chroma subsampling: 4:2:0
+    sides.append(im.size)
+    sizes.append(os.path.getsize(out))
+  return dict(jpeg_files=num_files, jpeg_photos=[os.path.basename(p) for p in photos],
+              jpeg_mean_size_px=[float(np.mean([s[0] for s in sides])),
+                                 float(np.mean([s[1] for s in sides]))],
+              jpeg_mean_bytes=float(np.mean(sizes)), jpeg_quality=JPEG_QUALITY)
+
+
+# ---------------------------------------------------------------- one loader (a child process)
+
+def _ours(spec):
+  """This project's pipeline on the JPEG folder (or the built-in data), through to_device."""
+  import jax
+  from maelite_jax.configs import common
+  from maelite_jax.data import pipeline
+  interpolation = spec["interpolation"]
+  if spec["kind"] == "builtin":
+    cfg = common.builtin_data()
+  else:
+    cfg = common.data_config("imagefolder", data_dir=spec["root"], train_split="train",
+                             eval_split="train", shuffle_buffer=1000)
+  cfg.train_ops = common.crop_flip_ops(interpolation=interpolation)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  options = pipeline.tf_data_options(**spec.get("options", {}))
+  batches = pipeline.local_train_batches(cfg, image_size=spec["image_size"],
+                                         local_batch=spec["batch"], seed=0, options=options,
+                                         fuse_decode=spec.get("fuse"))
+  it = pipeline.to_device(batches, cfg, mesh, "data", spec["batch"])
+  return lambda: jax.block_until_ready(next(it)["image"])
+
+
+def _torch(spec):
+  import torch
+  from maelite_jax.bench.torch_loader import make_loader
+  torch.set_num_threads(1)
+  it = make_loader(os.path.join(spec["root"], "train"), batch=spec["batch"],
+                   image_size=spec["image_size"], workers=spec["workers"],
+                   interpolation=spec["interpolation"])
+  return lambda: next(it)[0].shape
+
+
+def _cpu_seconds(proc) -> float:
+  """CPU time of a process and all its live children (DataLoader workers)."""
+  total = sum(proc.cpu_times()[:2])
+  for child in proc.children(recursive=True):
+    try:
+      total += sum(child.cpu_times()[:2])
+    except Exception:  # noqa: BLE001 - a child that just ended
+      pass
+  return total
+
+
+def serve(spec: dict) -> None:
+  """The child's loop: warm up, say 'ready', then 'run N' -> time N batches -> one JSON line."""
+  import psutil
+  proc = psutil.Process()
+  next_batch = _torch(spec) if spec["kind"] == "torch" else _ours(spec)
+  for _ in range(spec["warmup"]):
+    next_batch()
+  print(json.dumps({"ready": True}), flush=True)
+  for line in sys.stdin:
+    cmd = line.split()
+    if not cmd or cmd[0] == "quit":
+      break
+    drain, n = int(cmd[1]), int(cmd[2])
+    for _ in range(drain):  # batches made while another loader had its turn
+      next_batch()
+    cpu0, t0 = _cpu_seconds(proc), time.perf_counter()
+    for _ in range(n):
+      next_batch()
+    wall, cpu = time.perf_counter() - t0, _cpu_seconds(proc) - cpu0
+    print(json.dumps({"wall": wall, "images": n * spec["batch"], "cpu": cpu}), flush=True)
+
+
+class _Child:
+  def __init__(self, spec):
+    self.spec = spec
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("XLA_FLAGS", None)  # one host device, as on a real host (tests simulate 8)
+    self.proc = subprocess.Popen([sys.executable, "-m", "maelite_jax.bench.pipeline",
+                                  json.dumps(spec)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, env=env)
+    self.turns = []
+
+  def _reply(self):
+    while True:
+      line = self.proc.stdout.readline()
+      if not line:
+        raise RuntimeError(f"pipeline benchmark child {self.spec['name']} exited "
+                           f"(status {self.proc.wait()})")
+      if line.startswith("{"):
+        return json.loads(line)
+
+  def wait_ready(self):
+    self._reply()
+
+  def turn(self, drain, steps):
+    self.proc.stdin.write(f"run {drain} {steps}\n")
+    self.proc.stdin.flush()
+    self.turns.append(self._reply())
+
+  def close(self):
+    try:
+      self.proc.stdin.write("quit\n")
+      self.proc.stdin.close()
+      self.proc.wait(timeout=60)
+    except Exception:  # noqa: BLE001
+      self.proc.kill()
+
+
+def _summary(child, n_cores) -> dict:
+  turns = child.turns
+  images = sum(t["images"] for t in turns)
+  wall = sum(t["wall"] for t in turns)
+  rate = images / wall
+  return dict(images_per_s=rate, per_core=rate / n_cores,
+              images_per_cpu_s=images / sum(t["cpu"] for t in turns),
+              turn_images_per_s=[round(t["images"] / t["wall"], 1) for t in turns])
+
+
+def loader_specs(root, *, batch, image_size, warmup, interpolations, builtin, variants,
+                 n_cores) -> list[dict]:
+  """Ours and PyTorch's for each interpolation (+ the built-in data, + tf.data variants)."""
+  base = dict(root=root, batch=batch, image_size=image_size, warmup=warmup)
+  specs = []
+  for interp in interpolations:
+    specs.append(dict(base, name=f"ours_{interp}", kind="ours", interpolation=interp))
+    specs.append(dict(base, name=f"torch_{interp}", kind="torch", interpolation=interp,
+                      workers=n_cores))
+  if builtin:
+    specs.append(dict(base, name="builtin", kind="builtin", interpolation=interpolations[0],
+                      variant="builtin"))
+  if variants:  # what each tf.data setting and the fused decode buy (first interpolation)
+    interp = interpolations[0]
+    for name, extra in (("tf_defaults", dict(options=dict(threads=0, intra_op=0))),
+                        ("private_pool_only", dict(options=dict(intra_op=0))),
+                        ("intra_op_1_only", dict(options=dict(threads=0))),
+                        ("decode_then_crop", dict(fuse=False))):
+      specs.append(dict(base, name=f"ours_{interp}_{name}", kind="ours", interpolation=interp,
+                        variant=name, **extra))
+  return specs
+
+
+def run(*, batch: int, image_size: int, steps: int, warmup: int, rounds: int, files: int,
+        interpolations=("bilinear", "bicubic"), builtin: bool = True, variants: bool = False,
+        drain: int = 8, jpeg_dir: str = "") -> list[dict]:
+  """Builds the JPEG folder (unless `jpeg_dir` names one), runs every loader in turns and
+  returns one record per interpolation (ours vs PyTorch), plus the built-in data's and the
+  tf.data variants'."""
+  n_cores = cores()
+  with tempfile.TemporaryDirectory(prefix="pipeline_bench_") as tmp:
+    facts = {}
+    root = jpeg_dir
+    if not root:
+      root = tmp
+      facts = make_jpeg_folder(root, files)
+    specs = loader_specs(root, batch=batch, image_size=image_size, warmup=warmup,
+                         interpolations=list(interpolations), builtin=builtin,
+                         variants=variants, n_cores=n_cores)
+    children = []
+    drain = min(drain, steps)  # a turn drains no more than it times (smoke runs)
+    try:
+      for spec in specs:  # started together: warm-ups are not timed
+        children.append(_Child(spec))
+      for child in children:
+        child.wait_ready()
+      load = os.getloadavg()
+      for r in range(rounds):
+        order = children[r % len(children):] + children[:r % len(children)]
+        for child in order:
+          child.turn(drain, steps)
+      load_after = os.getloadavg()
+    finally:
+      for child in children:
+        child.close()
+  results = {c.spec["name"]: _summary(c, n_cores) for c in children}
+  common = dict(benchmark="pipeline", batch=batch, image_size=image_size, cores=n_cores,
+                steps_per_turn=steps, rounds=rounds, loadavg_before=load,
+                loadavg_after=load_after, **facts)
+  records = []
+  for interp in interpolations:
+    ours, torch = results[f"ours_{interp}"], results[f"torch_{interp}"]
+    records.append(dict(
+        common, data="jpeg_imagefolder", interpolation=interp,
+        pipeline_images_per_s=ours["images_per_s"], per_core=ours["per_core"],
+        images_per_cpu_s=ours["images_per_cpu_s"],
+        torch_loader_images_per_s=torch["images_per_s"],
+        torch_loader_per_core=torch["per_core"],
+        torch_loader_images_per_cpu_s=torch["images_per_cpu_s"],
+        per_core_over_torch=ours["per_core"] / torch["per_core"],
+        per_cpu_s_over_torch=ours["images_per_cpu_s"] / torch["images_per_cpu_s"],
+        turns=ours["turn_images_per_s"], torch_turns=torch["turn_images_per_s"]))
+  for spec in specs:
+    if "variant" in spec:
+      res = results[spec["name"]]
+      records.append(dict(common, data="builtin" if spec["kind"] == "builtin" else
+                          "jpeg_imagefolder", variant=spec["variant"],
+                          interpolation=spec["interpolation"],
+                          pipeline_images_per_s=res["images_per_s"], per_core=res["per_core"],
+                          images_per_cpu_s=res["images_per_cpu_s"],
+                          turns=res["turn_images_per_s"]))
+  return records
+
+
+def print_table(records) -> None:
+  cols = ["data", "variant", "interpolation", "pipeline_images_per_s", "per_core",
+          "images_per_cpu_s", "torch_loader_per_core", "torch_loader_images_per_cpu_s",
+          "per_core_over_torch", "per_cpu_s_over_torch"]
+  cols = [c for c in cols if any(r.get(c) is not None for r in records)]
+  fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+  print(" | ".join(cols))
+  for r in records:
+    print(" | ".join(fmt(r.get(c, "")) for c in cols))
+
+
+if __name__ == "__main__":
+  serve(json.loads(sys.argv[1]))
