@@ -179,6 +179,55 @@ def test_imagefolder_process_shares(folder):
   assert source.process_counts('train', 3, drop_remainder=True) == [6, 6, 6]
 
 
+@pytest.fixture(scope='module')
+def flat_jpegs(tmp_path_factory):
+  """24 JPEGs of one gray level each (8, 18, ..., 238): any crop of file k shows level k."""
+  root = tmp_path_factory.mktemp('flat_jpegs')
+  for k in range(24):
+    folder = root / 'train' / f'c{k % 2}'
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new('RGB', (30 + k, 40 - k), (8 + 10 * k,) * 3).save(folder / f'{k:02d}.jpg',
+                                                               quality=90)
+  return root
+
+
+@pytest.fixture(scope='module')
+def data_service():
+  from maelite_jax.data.service import LocalCluster
+  cluster = LocalCluster(num_workers=2)
+  yield cluster
+  cluster.stop()
+
+
+def _levels_read(cfg, process_index, process_count):
+  """The files (by gray level) in one epoch of this process's training batches."""
+  from maelite_jax.data import pipeline
+  count = pipeline.make_source(cfg).process_counts('train', process_count, True)[process_index]
+  it = pipeline.local_train_batches(cfg, image_size=8, local_batch=2, seed=0,
+                                    process_index=process_index, process_count=process_count)
+  images = np.concatenate([next(it)['image'] for _ in range(count // 2)])
+  levels = np.round((images.reshape(len(images), -1).mean(1) - 8) / 10).astype(int)
+  return sorted(levels.tolist())
+
+
+@pytest.mark.parametrize('served', [False, True])
+def test_jpeg_path_reads_only_its_process_share(flat_jpegs, data_service, served):
+  # With N processes each one's epoch holds exactly its strided share of the files: the fused
+  # JPEG decode-and-crop path, locally and through tf.data service workers.
+  from maelite_jax.data import pipeline
+  cfg = _folder_cfg(flat_jpegs, service_address=data_service.address if served else '')
+  assert pipeline.decodes_in_first_op(cfg, pipeline.make_source(cfg))
+  paths, _ = sources.make_source(cfg).files('train')
+  level_of = {p: int(p.rsplit('/', 1)[1][:2]) for p in paths}
+  seen = []
+  for i in range(3):
+    share = [level_of[p] for p in paths[i::3][:8]]  # 24 files: 8 each
+    got = _levels_read(cfg, i, 3)
+    assert got == sorted(share), i
+    seen += got
+  assert sorted(seen) == list(range(24))
+
+
 # ---------------------------------------------------------------- determinism and resume
 
 

@@ -1,4 +1,5 @@
-"""Speed measurements: the jitted training step, the input pipeline, and a PyTorch baseline.
+"""Speed measurements: the jitted training step and a PyTorch baseline (the input pipeline:
+bench/pipeline.py).
 
 The step is the training loop's own (train/program.py's StepProgram: the objective from the
 registry, the optimizer with its lr factors, the non-finite guard, jitted with shardings and
@@ -224,16 +225,3 @@ def time_interleaved(fns: dict, steps: int, warmup: int) -> dict[str, list[float
       times[name].append(time.perf_counter() - t0)
   return times
 
-
-def bench_pipeline(config, *, batches: int = 20) -> dict:
-  """Images/s of the tf.data pipeline (decode + augment + transfer) alone."""
-  from maelite_jax import data as data_lib
-  mesh = mesh_lib.make_mesh()
-  it = data_lib.build_train_iterator(config.data, image_size=config.model.image_size,
-                                     global_batch_size=config.batch_size, mesh=mesh, seed=0)
-  jax.block_until_ready(next(it))  # builds, fills the shuffle buffer
-  t0 = time.perf_counter()
-  for _ in range(batches):
-    jax.block_until_ready(next(it))
-  dt = time.perf_counter() - t0
-  return dict(pipeline_images_per_s=batches * config.batch_size / dt)

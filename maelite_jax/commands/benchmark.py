@@ -7,7 +7,14 @@
 Flags take hyphens or underscores alike (--compare-torch = --compare_torch).
 
 One JSON record per measurement: objective, image_size, batch, step_time_s_median,
-images_per_s, compile_s, peak_mem_bytes (+ torch_images_per_s, mfu on GPU, pipeline_images_per_s).
+images_per_s, compile_s, peak_mem_bytes (+ torch_images_per_s, mfu on GPU).
+
+  python scripts/benchmark.py --pipeline --json pipeline.json
+
+times the input pipeline instead (maelite_jax/bench/pipeline.py): ours against a PyTorch
+DataLoader + PIL doing the same ops on real JPEGs, in turns, one record per interpolation with
+pipeline_images_per_s, cores, per_core, torch_loader_per_core (+ images per CPU second), and
+one for the built-in data.
 
 On CPU the MAE step accumulates gradients over micro-batches of 8 by default (the same update,
 cache-sized activations); PyTorch is then timed both ways, whole batch and the same

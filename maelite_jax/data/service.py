@@ -9,7 +9,6 @@ the dataset's files at the same paths (a shared file system or a bucket).
 """
 
 import socket
-import time
 from typing import Optional, Sequence
 
 import tensorflow as tf
@@ -60,11 +59,3 @@ class LocalCluster:
     for server in self.workers + [self.dispatcher]:
       server.stop()
 
-
-def serve_forever(server) -> None:
-  """Blocks while a server runs (the command-line servers)."""
-  try:
-    server.join()
-  except AttributeError:  # a server without join(): sleep until interrupted
-    while True:
-      time.sleep(3600)

@@ -37,6 +37,9 @@ def define_flags(config_help: str, workdir_help: str = "where checkpoints, metri
   their holders (config, workdir)."""
   config = config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
   workdir = flags.DEFINE_string("workdir", None, workdir_help)
+  flags.DEFINE_string("data_service", None, "tf.data service dispatcher HOST:PORT: training "
+                      "examples are decoded and augmented by its workers (sets "
+                      "config.data.service_address; docs/input-pipeline.md)")
   distributed_lib.define_flags()
   flags.mark_flags_as_required(["config", "workdir"])
   return config, workdir
@@ -46,6 +49,8 @@ def start(argv, config=None):
   """Checks argv, quiets library logs, starts multi-host JAX when asked; returns config."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if config is not None and "data_service" in flags.FLAGS and flags.FLAGS.data_service:
+    config.data.service_address = flags.FLAGS.data_service
   import jax
   from maelite_jax.utils.logs import quiet_library_logs
   quiet_library_logs()
