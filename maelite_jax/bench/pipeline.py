@@ -99,6 +99,30 @@ def make_jpeg_folder(root: str, num_files: int, seed: int = 0) -> dict:
 
 # ---------------------------------------------------------------- one loader (a child process)
 
+def _register_plain_kernel_crop():
+  """A benchmark-only op: RandomResizedCrop whose resize never antialiases (the plain bilinear /
+  bicubic kernel of tf.image.resize, as big_vision's and TF's ImageNet pipelines resize). It
+  shows what PIL-equivalent antialiasing costs (TensorFlow's ScaleAndTranslate); training
+  keeps the antialiased op, which matches torchvision's pixels."""
+  import tensorflow as tf
+  from maelite_jax.data import ops, transforms
+
+  def factory(image_size, *, scale, ratio, interpolation):
+    def fn(features, seed):
+      window_seed, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+      crop = transforms.decode_window(
+          features["image"], lambda shape: transforms.crop_window(shape, window_seed, scale,
+                                                                  ratio))
+      out = tf.image.resize(transforms.to_float(crop), [image_size, image_size], interpolation)
+      return dict(features, image=tf.clip_by_value(out, 0.0, 1.0))
+    return fn
+
+  ops.register(PLAIN_KERNEL_CROP, encoded=factory)(factory)
+
+
+PLAIN_KERNEL_CROP = "bench_random_resized_crop_plain_kernel"
+
+
 def _ours(spec):
   """This project's pipeline on the JPEG folder (or the built-in data), through to_device."""
   import jax
@@ -111,6 +135,13 @@ def _ours(spec):
     cfg = common.data_config("imagefolder", data_dir=spec["root"], train_split="train",
                              eval_split="train", shuffle_buffer=1000)
   cfg.train_ops = common.crop_flip_ops(interpolation=interpolation)
+  if spec.get("plain_kernel"):
+    _register_plain_kernel_crop()
+    cfg.train_ops = ((PLAIN_KERNEL_CROP, dict(cfg.train_ops[0][1])),) + cfg.train_ops[1:]
+  if spec.get("service_workers"):  # a dispatcher and its workers in this process
+    from maelite_jax.data.service import LocalCluster
+    spec["_cluster"] = LocalCluster(spec["service_workers"])
+    cfg.service_address = spec["_cluster"].address
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
   options = pipeline.tf_data_options(**spec.get("options", {}))
   batches = pipeline.local_train_batches(cfg, image_size=spec["image_size"],
@@ -123,7 +154,8 @@ def _ours(spec):
 def _torch(spec):
   import torch
   from maelite_jax.bench.torch_loader import make_loader
-  torch.set_num_threads(1)
+  if not spec.get("in_process"):  # its own process: one thread, as DataLoader workers have
+    torch.set_num_threads(1)
   it = make_loader(os.path.join(spec["root"], "train"), batch=spec["batch"],
                    image_size=spec["image_size"], workers=spec["workers"],
                    interpolation=spec["interpolation"])
@@ -141,11 +173,26 @@ def _cpu_seconds(proc) -> float:
   return total
 
 
+def _loader(spec):
+  return _torch(spec) if spec["kind"] == "torch" else _ours(spec)
+
+
+def _timed_turn(next_batch, proc, batch: int, drain: int, n: int) -> dict:
+  for _ in range(drain):  # batches made while another loader had its turn
+    next_batch()
+  cpu0, t0 = _cpu_seconds(proc), time.perf_counter()
+  for _ in range(n):
+    next_batch()
+  wall, cpu = time.perf_counter() - t0, _cpu_seconds(proc) - cpu0
+  return {"wall": wall, "images": n * batch, "cpu": cpu}
+
+
 def serve(spec: dict) -> None:
-  """The child's loop: warm up, say 'ready', then 'run N' -> time N batches -> one JSON line."""
+  """The child's loop: warm up, say 'ready', then 'run D N' -> drain D, time N batches -> one
+  JSON line."""
   import psutil
   proc = psutil.Process()
-  next_batch = _torch(spec) if spec["kind"] == "torch" else _ours(spec)
+  next_batch = _loader(spec)
   for _ in range(spec["warmup"]):
     next_batch()
   print(json.dumps({"ready": True}), flush=True)
@@ -153,14 +200,29 @@ def serve(spec: dict) -> None:
     cmd = line.split()
     if not cmd or cmd[0] == "quit":
       break
-    drain, n = int(cmd[1]), int(cmd[2])
-    for _ in range(drain):  # batches made while another loader had its turn
-      next_batch()
-    cpu0, t0 = _cpu_seconds(proc), time.perf_counter()
-    for _ in range(n):
-      next_batch()
-    wall, cpu = time.perf_counter() - t0, _cpu_seconds(proc) - cpu0
-    print(json.dumps({"wall": wall, "images": n * spec["batch"], "cpu": cpu}), flush=True)
+    print(json.dumps(_timed_turn(next_batch, proc, spec["batch"], int(cmd[1]), int(cmd[2]))),
+          flush=True)
+
+
+class _InProcess:
+  """A loader in this process, with `_Child`'s interface (run(in_process=True)): the smoke test
+  of the benchmark's code in CI, which costs no process start and no imports. Not a
+  measurement: the loaders share this process, PyTorch's runs without worker processes."""
+
+  def __init__(self, spec):
+    import psutil
+    self.spec, self.turns, self._proc = spec, [], psutil.Process()
+    self._next = _loader(spec)
+
+  def wait_ready(self):
+    for _ in range(self.spec["warmup"]):
+      self._next()
+
+  def turn(self, drain, steps):
+    self.turns.append(_timed_turn(self._next, self._proc, self.spec["batch"], drain, steps))
+
+  def close(self):
+    pass
 
 
 class _Child:
@@ -205,20 +267,22 @@ def _summary(child, n_cores) -> dict:
   images = sum(t["images"] for t in turns)
   wall = sum(t["wall"] for t in turns)
   rate = images / wall
+  cpu = sum(t["cpu"] for t in turns)  # 0 when every timed batch was already buffered (smoke)
   return dict(images_per_s=rate, per_core=rate / n_cores,
-              images_per_cpu_s=images / sum(t["cpu"] for t in turns),
+              images_per_cpu_s=images / cpu if cpu > 0 else None,
               turn_images_per_s=[round(t["images"] / t["wall"], 1) for t in turns])
 
 
 def loader_specs(root, *, batch, image_size, warmup, interpolations, builtin, variants,
-                 n_cores) -> list[dict]:
+                 n_cores, in_process=False) -> list[dict]:
   """Ours and PyTorch's for each interpolation (+ the built-in data, + tf.data variants)."""
-  base = dict(root=root, batch=batch, image_size=image_size, warmup=warmup)
+  base = dict(root=root, batch=batch, image_size=image_size, warmup=warmup,
+              in_process=in_process)
   specs = []
   for interp in interpolations:
     specs.append(dict(base, name=f"ours_{interp}", kind="ours", interpolation=interp))
     specs.append(dict(base, name=f"torch_{interp}", kind="torch", interpolation=interp,
-                      workers=n_cores))
+                      workers=0 if in_process else n_cores))
   if builtin:
     specs.append(dict(base, name="builtin", kind="builtin", interpolation=interpolations[0],
                       variant="builtin"))
@@ -227,7 +291,9 @@ def loader_specs(root, *, batch, image_size, warmup, interpolations, builtin, va
     for name, extra in (("tf_defaults", dict(options=dict(threads=0, intra_op=0))),
                         ("private_pool_only", dict(options=dict(intra_op=0))),
                         ("intra_op_1_only", dict(options=dict(threads=0))),
-                        ("decode_then_crop", dict(fuse=False))):
+                        ("decode_then_crop", dict(fuse=False)),
+                        ("plain_kernel_no_antialias", dict(plain_kernel=True)),
+                        ("service_2_local_workers", dict(service_workers=2))):
       specs.append(dict(base, name=f"ours_{interp}_{name}", kind="ours", interpolation=interp,
                         variant=name, **extra))
   return specs
@@ -235,10 +301,11 @@ def loader_specs(root, *, batch, image_size, warmup, interpolations, builtin, va
 
 def run(*, batch: int, image_size: int, steps: int, warmup: int, rounds: int, files: int,
         interpolations=("bilinear", "bicubic"), builtin: bool = True, variants: bool = False,
-        drain: int = 8, jpeg_dir: str = "") -> list[dict]:
+        drain: int = 8, jpeg_dir: str = "", in_process: bool = False) -> list[dict]:
   """Builds the JPEG folder (unless `jpeg_dir` names one), runs every loader in turns and
   returns one record per interpolation (ours vs PyTorch), plus the built-in data's and the
-  tf.data variants'."""
+  tf.data variants'. in_process=True: the loaders run in this process (`_InProcess`; a smoke
+  test, not a measurement: its records say mode='in_process')."""
   n_cores = cores()
   with tempfile.TemporaryDirectory(prefix="pipeline_bench_") as tmp:
     facts = {}
@@ -248,12 +315,12 @@ def run(*, batch: int, image_size: int, steps: int, warmup: int, rounds: int, fi
       facts = make_jpeg_folder(root, files)
     specs = loader_specs(root, batch=batch, image_size=image_size, warmup=warmup,
                          interpolations=list(interpolations), builtin=builtin,
-                         variants=variants, n_cores=n_cores)
+                         variants=variants, n_cores=n_cores, in_process=in_process)
     children = []
     drain = min(drain, steps)  # a turn drains no more than it times (smoke runs)
     try:
       for spec in specs:  # started together: warm-ups are not timed
-        children.append(_Child(spec))
+        children.append(_InProcess(spec) if in_process else _Child(spec))
       for child in children:
         child.wait_ready()
       load = os.getloadavg()
@@ -267,6 +334,7 @@ def run(*, batch: int, image_size: int, steps: int, warmup: int, rounds: int, fi
         child.close()
   results = {c.spec["name"]: _summary(c, n_cores) for c in children}
   common = dict(benchmark="pipeline", batch=batch, image_size=image_size, cores=n_cores,
+                mode="in_process" if in_process else "processes",
                 steps_per_turn=steps, rounds=rounds, loadavg_before=load,
                 loadavg_after=load_after, **facts)
   records = []
@@ -280,7 +348,9 @@ def run(*, batch: int, image_size: int, steps: int, warmup: int, rounds: int, fi
         torch_loader_per_core=torch["per_core"],
         torch_loader_images_per_cpu_s=torch["images_per_cpu_s"],
         per_core_over_torch=ours["per_core"] / torch["per_core"],
-        per_cpu_s_over_torch=ours["images_per_cpu_s"] / torch["images_per_cpu_s"],
+        per_cpu_s_over_torch=(ours["images_per_cpu_s"] / torch["images_per_cpu_s"]
+                              if ours["images_per_cpu_s"] and torch["images_per_cpu_s"]
+                              else None),
         turns=ours["turn_images_per_s"], torch_turns=torch["turn_images_per_s"]))
   for spec in specs:
     if "variant" in spec:
