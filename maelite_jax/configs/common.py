@@ -64,6 +64,7 @@ def data_config(dataset: str = "fashion_mnist_builtin", **overrides) -> ml_colle
       reduce_zero_label=False,   # segmentation folders: 0 -> ignore, k -> k - 1 (ADE20K)
       shuffle_buffer=10_000,
       on_device=False,           # the split decoded once onto the accelerator, augmented there
+      on_device_canvas=0,        # on_device ImageFolder: images stored at this side (0: none)
       cache=False,               # tf.data: decoded examples kept in memory
       prefetch=2,                # batches in flight on the devices
       check_images=True,         # imagefolder: open every file once (cached), skip unreadable
