@@ -141,6 +141,7 @@ def pretrain_skeleton() -> ml_collections.ConfigDict:
       total_epochs=400.0,
       total_steps=0,          # > 0 overrides total_epochs
       init="",                # a checkpoint (workdir / step dir) to initialise params from
+      init_reset="",          # params (path regex) that keep their fresh init despite `init`
       fsdp_regex="",          # params (and their optimizer state) sharded FSDP-style, e.g. ".*"
       log_every=50,
       checkpoint_every=1000,
