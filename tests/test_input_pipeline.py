@@ -205,6 +205,14 @@ def test_service_rejects_the_cache(jpeg_folder):
     pipeline.validate_data_config(cfg, 16)
 
 
+def test_service_needs_the_tf_data_engine(jpeg_folder):
+  from maelite_jax import data
+  from maelite_jax.utils.errors import ConfigError
+  cfg = _jpeg_cfg(jpeg_folder, service_address='localhost:1', on_device=True)
+  with pytest.raises(ConfigError, match='service_address'):
+    data.validate_data_config(cfg, 16)
+
+
 def test_in_order_rebuilds_batches_from_chunks_in_any_order():
   rng = np.random.default_rng(0)
   index = np.arange(100, 124)

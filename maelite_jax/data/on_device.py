@@ -386,6 +386,10 @@ def validate_data_config(data_cfg, image_size: int) -> None:
   if data_cfg.label_type != "class":
     raise _error("on_device", "segmentation maps are not supported on the device.",
                  "set config.data.on_device=False.")
+  if data_cfg.get("service_address"):
+    raise _error("service_address", "is set, but the on-device engine (data.on_device=True) "
+                 "has no host pipeline for tf.data service workers to run.",
+                 "set config.data.service_address='' or config.data.on_device=False.")
   for key in ("train_ops", "view2_ops", "eval_ops"):
     compose(data_cfg[key], image_size, f"config.data.{key}")
   for key in ("mean", "std"):
