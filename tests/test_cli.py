@@ -9,6 +9,8 @@ import sys
 import pytest
 from PIL import Image
 
+from tests.helpers import read_events
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -39,6 +41,12 @@ def test_workdir_holds_checkpoints_metrics_events_and_figure(workdir):
   with Image.open(os.path.join(path, "reconstruction.png")) as im:
     assert im.format == "PNG" and im.size[0] > 300
   assert "img/s" in log and "ETA" in log  # the progress line
+  # TensorBoard: the training scalars, the hidden-patch error and the figure itself
+  events = read_events(path)
+  assert set(events["scalars"]["loss"]) == {1, 2, 4}
+  assert list(events["scalars"]["recon_hidden_error"]) == [4]
+  with Image.open(os.path.join(path, "reconstruction.png")) as im:
+    assert events["images"]["reconstruction"] == {4: im.size}
 
 
 def test_rerun_of_a_finished_run_resumes_and_does_nothing(workdir):
@@ -80,3 +88,11 @@ def test_evaluate_runs_every_protocol_from_a_pretraining_workdir(workdir, tmp_pa
   assert sum(r["pretrain"] == "random-init" for r in rows) == 2
   assert all(0.0 <= float(r["value"]) <= 100.0 for r in rows)
   assert "knn-k20" in proc.stdout and "finetune" in proc.stdout  # the printed table
+  # every row names the checkpoint's step; the offline protocols' scalars are in TensorBoard
+  assert {r["step"] for r in rows} == {"4", "30"}  # the MAE checkpoint; the fine-tune's end
+  events = read_events(str(tmp_path))
+  assert {"knn_top1", "knn_top1_random", "linear_top1", "linear_top1_random"} <= set(
+      events["scalars"])
+  assert list(events["scalars"]["knn_top1"]) == [4]
+  assert "top1" in read_events(str(tmp_path / "finetune"))["scalars"]
+  assert proc.stdout.count("protocol") == 1  # the table is printed once

@@ -386,3 +386,48 @@ def test_export_then_import_float32_is_exact(mae_workdir, tmp_path):
   back, meta = load_params(out)
   _assert_same_tree(params["encoder"], back)
   assert meta["source"]["format"] == "timm" and meta["source"]["unexpected"] == []
+
+
+@pytest.mark.parametrize("kind", ["mae_encoder", "mae_whole", "classifier"])
+def test_round_trip_needs_no_model_flags(mae_workdir, tmp_path, kind):
+  """Export of a 32 px / patch 4 model, then import with only --torch-checkpoint and --out: the
+  exporter's JSON next to the weights (and the safetensors metadata) name the model, its sizes,
+  heads, classes, pooling and position table (issue 24, item 3)."""
+  if kind == "classifier":
+    kwargs = VIT_CASES["small_avg_head_trainable_pos"]
+    _, params = _case("vit_tiny_patch16", **kwargs)
+    workdir = str(tmp_path / "ft")
+    save_params(workdir, params, {"model": {"name": "vit_tiny_patch16", "kwargs": kwargs}},
+                step=3)
+    fmt, want, want_kwargs = "timm", params, kwargs
+  else:
+    workdir, params = mae_workdir
+    fmt = "mae" if kind == "mae_whole" else "timm"
+    want = params if kind == "mae_whole" else params["encoder"]
+    want_kwargs = SMALL
+  _run_script("export_torch", f"--checkpoint={workdir}", f"--out={tmp_path}/w.safetensors",
+              f"--format={fmt}")
+  out = str(tmp_path / "imported")
+  _run_script("import_torch", f"--torch-checkpoint={tmp_path}/w.safetensors", f"--out={out}")
+  back, meta = load_params(out)
+  _assert_same_tree(want, back)
+  name = "mae_vit_tiny_patch16" if kind == "mae_whole" else "vit_tiny_patch16"
+  assert meta["model"] == {"name": name, "kwargs": want_kwargs}
+  assert meta["source"]["format"] == fmt
+
+
+def test_import_flags_win_over_the_exporters_json(mae_workdir, tmp_path):
+  workdir, params = mae_workdir
+  _run_script("export_torch", f"--checkpoint={workdir}", f"--out={tmp_path}/w.safetensors")
+  out = str(tmp_path / "imported")
+  # a 64 px import of the 32 px export: the fixed sin-cos table is recomputed for the new grid
+  _run_script("import_torch", f"--torch-checkpoint={tmp_path}/w.safetensors", f"--out={out}",
+              "--image-size=64")
+  _, meta = load_params(out)
+  assert meta["model"]["kwargs"] == dict(SMALL, image_size=64)
+  # without the JSON, the model must be named
+  os.remove(tmp_path / "w.json")
+  from maelite_jax.utils.errors import UserError
+  with pytest.raises(UserError, match="--model is needed"):
+    _run_script("import_torch", f"--torch-checkpoint={tmp_path}/w.safetensors",
+                f"--out={tmp_path}/again")

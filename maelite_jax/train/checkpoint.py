@@ -203,6 +203,11 @@ def _read_meta(step_dir: str) -> dict:
     return json.load(f)
 
 
+def checkpoint_step(path: str) -> int:
+  """The step of the checkpoint a path names (a workdir's latest, or the step folder's)."""
+  return _resolve(path)[1]
+
+
 def load_meta(path: str) -> dict:
   """Only the meta JSON (model name and arguments) of a checkpoint: cheap config checks."""
   ckpt_dir, step = _resolve(path)
