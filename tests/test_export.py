@@ -431,3 +431,35 @@ def test_import_flags_win_over_the_exporters_json(mae_workdir, tmp_path):
   with pytest.raises(UserError, match="--model is needed"):
     _run_script("import_torch", f"--torch-checkpoint={tmp_path}/w.safetensors",
                 f"--out={tmp_path}/again")
+
+
+def test_host_fingerprint_equals_the_jitted_one():
+  """load_params checks the weights it reads in numpy (no compilation per tool run); the sums
+  must be those the jitted fingerprint wrote at save time, for every dtype a state holds."""
+  import ml_dtypes
+  from maelite_jax.train import checkpoint
+  rng = np.random.default_rng(0)
+  tree = {"f32": rng.standard_normal((3, 5)).astype(np.float32),
+          "bf16": rng.standard_normal(7).astype(ml_dtypes.bfloat16),
+          "i32": rng.integers(-9, 9, (4, 2)).astype(np.int32),
+          "u8": rng.integers(0, 255, 6).astype(np.uint8),
+          "flag": np.array([True, False, True]), "scalar": np.array(3.5, np.float32),
+          "big": rng.standard_normal(100_003).astype(np.float32)}
+  on_device = checkpoint.fingerprint_json(jax.tree.map(jnp.asarray, tree))
+  jitted, checkpoint.fingerprint = checkpoint.fingerprint, None  # the host path compiles nothing
+  try:
+    host = checkpoint.fingerprint_json(tree)
+  finally:
+    checkpoint.fingerprint = jitted
+  assert host == on_device and len(set(host.values())) == len(tree)
+
+
+
+def test_loading_a_checkpoint_logs_no_orbax_metadata_warning(mae_workdir, caplog):
+  """load_params reads the item's metadata through its handler: orbax's checkpointer would look
+  for the step's _CHECKPOINT_METADATA inside state/ and warn on every load (issue 24, item 6)."""
+  import logging
+  workdir, _ = mae_workdir
+  with caplog.at_level(logging.INFO):
+    load_params(workdir)
+  assert not [r for r in caplog.records if "Metadata file does not exist" in r.getMessage()]
