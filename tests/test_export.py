@@ -463,3 +463,37 @@ def test_loading_a_checkpoint_logs_no_orbax_metadata_warning(mae_workdir, caplog
   with caplog.at_level(logging.INFO):
     load_params(workdir)
   assert not [r for r in caplog.records if "Metadata file does not exist" in r.getMessage()]
+
+
+def _pytorch_snippets():
+  """The ```python blocks of README.md and docs/*.md that load an export into timm."""
+  import glob
+  import re
+  out = []
+  for path in [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs",
+                                                                                 "*.md"))):
+    for block in re.findall(r"^\s*```python\s*\n(.*?)^\s*```", open(path).read(), re.M | re.S):
+      if "timm.create_model" in block:
+        out.append(pytest.param(block, id=os.path.relpath(path, ROOT)))
+  return out
+
+
+@pytest.mark.parametrize("snippet", _pytorch_snippets())
+def test_documented_pytorch_snippet_loads_the_export(mae_workdir, tmp_path, monkeypatch, snippet):
+  """The docs' PyTorch code, run as written (timm 1.0.31 with the torchvision stub) on the files
+  the documented export command writes, gives the JAX encoder's tokens."""
+  import re
+  assert _pytorch_snippets(), "docs/pytorch.md shows how to load the export in PyTorch"
+  weights = re.search(r'load_file\("([^"]+)"\)', snippet).group(1)
+  workdir, params = mae_workdir
+  _run_script("export_torch", f"--checkpoint={workdir}", f"--out={tmp_path / weights}")
+  monkeypatch.chdir(tmp_path)
+  scope = {}
+  exec(compile(snippet, "snippet", "exec"), scope)  # noqa: S102 - the documentation's own code
+  model, args = scope["model"], scope["args"]
+  images = _images(2, args["img_size"])
+  with torch.no_grad():
+    theirs = model.forward_features(_nchw(images)).numpy()
+  encoder = create_model("vit_tiny_patch16", **SMALL)
+  ours = np.asarray(encoder.apply({"params": params["encoder"]}, images)[0])
+  assert float(np.max(np.abs(ours - theirs))) <= TOL
