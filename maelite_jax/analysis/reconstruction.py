@@ -61,9 +61,10 @@ def reconstruction_panels(images, pred, mask, patch_size, norm_pix_loss, mean, s
   }
 
 
-def reconstruction_size(num_images: int) -> tuple[int, int]:
-  """The figure's size in pixels: 1000 wide, 200 per image row plus title and column labels."""
-  return 1000, 200 * num_images + 90
+def reconstruction_size(num_images: int, columns: int = 5) -> tuple[int, int]:
+  """The figure's size in pixels: 200 per panel (5 columns for norm-pix models, 4 for plain
+  pixels) plus room for the title and the column labels."""
+  return 200 * columns, 200 * num_images + 90
 
 
 def figure_title(objective: str, run: str, step: int) -> str:
@@ -79,18 +80,20 @@ def save_reconstruction_grid(path, *, images, pred, mask, patch_size, norm_pix_l
   PNG's metadata); returns (path, mean hidden-patch error)."""
   panels = reconstruction_panels(images, pred, mask, patch_size, norm_pix_loss, mean, std)
   n = panels["original"].shape[0]
-  if norm_pix_loss:
+  if norm_pix_loss:  # the prediction is in per-patch normalised units: two ways back
     titles = ["original", "input (hidden patches\nin blue)",
               "recon, oracle stats\n(true hidden-patch mean/std: leaks)",
               "recon, visible stats\n(no leak)",
               "per-patch error, hidden only\n(norm-pix MSE; grey = visible)"]
-  else:
-    titles = ["original", "input (hidden patches\nin blue)", "reconstruction\n(+ visible patches)",
+    keys = ["original", "masked", "recon_oracle", "recon_visible", "error"]
+  else:  # the prediction is pixels: the reconstruction is honest as it is
+    titles = ["original", "input (hidden patches\nin blue)",
               "reconstruction\n(+ visible patches)",
               "per-patch error, hidden only\n(MSE; grey = visible)"]
-  keys = ["original", "masked", "recon_oracle", "recon_visible", "error"]
-  width, height = reconstruction_size(n)
-  fig, axes = plt.subplots(n, 5, figsize=(width / 100, height / 100), squeeze=False,
+    keys = ["original", "masked", "recon_visible", "error"]
+  cols = len(keys)
+  width, height = reconstruction_size(n, cols)
+  fig, axes = plt.subplots(n, cols, figsize=(width / 100, height / 100), squeeze=False,
                            layout="constrained")
   cmap = matplotlib.colormaps["magma"].with_extremes(bad="#c8c8c8")
   vmax = float(np.nanmax(panels["error"])) if np.isfinite(panels["error"]).any() else 1.0
@@ -105,7 +108,7 @@ def save_reconstruction_grid(path, *, images, pred, mask, patch_size, norm_pix_l
       ax.set_yticks([])
       if i == 0:
         ax.set_title(titles[j], fontsize=7)
-  fig.colorbar(im, ax=axes[:, 4].tolist(), shrink=0.6)
+  fig.colorbar(im, ax=axes[:, cols - 1].tolist(), shrink=0.6)
   err = panels["hidden_error"]
   title = f"{title} (mean hidden-patch error {err:.3f})"
   fig.suptitle(title, fontsize=9)
