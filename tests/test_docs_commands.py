@@ -127,6 +127,7 @@ ENTRY_ARGS = {
     "benchmark": lambda argv: [f"--config=configs/{_flag(argv, 'objective') or 'mae'}_tiny.py:tiny",
                                "--batch=8", "--image_size=32", "--patch_size=4", "--steps=1",
                                "--warmup=0"],
+    "reproduce": lambda argv: ["--scale=tiny"],  # the study at its smallest (minutes)
 }
 # flag -> what a placeholder in its value stands for (see the module docstring)
 PLACEHOLDERS = {
