@@ -31,7 +31,7 @@ def test_progress_speaks_at_most_every_few_seconds_and_not_for_short_loops(monke
 
 
 @pytest.mark.parametrize("module,variant,default,short", [
-    (mae_tiny, "cpu", (300, 30), (30, 3)),                      # 10 % (40 of 400 epochs)
+    (mae_tiny, "cpu", (1000, 60), (50, 3)),                     # 6 % (24 of 400 epochs)
     (finetune_tiny, "cpu", (1500, 100), (30, 2)),               # 1/15
     (finetune_tiny, "linprobe_cpu", (1000, 50), (20, 1)),       # 1/20
 ])
