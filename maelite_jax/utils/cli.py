@@ -29,6 +29,9 @@ EXIT_PREEMPTED = 75
 DEBUG_ENV = "MAELITE_DEBUG"
 
 _DEBUG = flags.DEFINE_bool("debug", False, f"show tracebacks of user errors (also {DEBUG_ENV}=1)")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "check the command line and exit: flag names and values, the config file "
+    "and its :variant, every --config.* override (nothing is read, trained or written)")
 
 
 def define_flags(config_help: str, workdir_help: str = "where checkpoints, metrics and results "
@@ -90,6 +93,11 @@ def run(main, flags_parser=None, verbosity=logging.INFO):
 
   def wrapped(argv):
     started["main"] = True
+    if _DRY_RUN.value:  # the flags (and --config with its overrides) parsed: the line is valid
+      if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+      print("dry run: the command line is valid; nothing was run", flush=True)
+      return 0
     try:
       return main(argv)
     except Exception as e:  # noqa: BLE001 - classified below; bugs are re-raised
