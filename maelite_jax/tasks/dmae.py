@@ -85,7 +85,7 @@ def load_teacher(config):
           f"the student sees {m.image_size}px", "Use a teacher with fixed sin-cos positions "
           "(a pre-trained, not fine-tuned, encoder) or the student's image size.")
   teacher = teacher.clone(image_size=m.image_size, dtype=resolve_dtype(m.dtype),
-                          attention_impl=m.attention_impl)
+                          attention_impl=m.attention_impl, attention_pad=m.attention_pad)
   return teacher, params
 
 

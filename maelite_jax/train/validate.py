@@ -30,6 +30,26 @@ def _choice(config, key: str, choices, what: str = ""):
     _fail(key, f"{node!r} is unknown", f"Use one of {tuple(choices)}{what}.")
 
 
+def _check_attention(m):
+  """cuDNN's fused attention runs only on CUDA GPUs and in bf16/fp16: say so before compiling
+  (JAX's own error comes from deep inside the lowering)."""
+  pad = m.get("attention_pad", 0)
+  if not isinstance(pad, int) or pad < 0:
+    _fail("model.attention_pad", f"{pad!r} is not an integer >= 0", "Use 0 (pad only where the "
+          "kernel needs it) or a multiple to pad the token sequence to, e.g. 8 or 64.")
+  if m.attention_impl != "cudnn":
+    return
+  import jax
+  from maelite_jax.models.meta import resolve_dtype
+  if jax.default_backend() != "gpu":
+    _fail("model.attention_impl", f"'cudnn' needs a CUDA GPU, this is a {jax.default_backend()}",
+          "Use 'einsum' (or 'xla') here; keep 'cudnn' for GPU runs.")
+  if resolve_dtype(m.dtype) == jax.numpy.float32:
+    _fail("model.attention_impl", "cuDNN's fused attention computes in bfloat16/float16, "
+          "model.dtype is float32", "Set model.dtype='auto' (bfloat16 on GPU) or 'bfloat16', or "
+          "use attention_impl='einsum'.")
+
+
 def validate_config(config, *, num_devices: int, workdir: str | None = None,
                     check_data: bool = True):
   """Raises ConfigError naming the bad key and its fix before anything is built.
@@ -45,6 +65,7 @@ def validate_config(config, *, num_devices: int, workdir: str | None = None,
           "Pick an image size divisible by the patch size (e.g. 224/16, 32/4).")
   _choice(config, "model.dtype", DTYPES, " ('auto' = bfloat16 on GPU/TPU, float32 on CPU)")
   _choice(config, "model.attention_impl", ATTENTION_IMPLS)
+  _check_attention(m)
   _choice(config, "optim.name", OPTIMIZERS)
   _choice(config, "optim.schedule", SCHEDULES)
   _choice(config, "nonfinite_policy", NONFINITE_POLICIES,
