@@ -307,7 +307,7 @@ def test_mae_with_padded_fused_attention_and_bfloat16_track_the_float32_einsum_l
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a CUDA GPU "
-                    "(scripts/gpu_check.sh runs this with MAELITE_TEST_PLATFORM=gpu)")
+                    "(MAELITE_TEST_PLATFORM=gpu pytest -k cudnn; or scripts/gpu_bench.sh)")
 @pytest.mark.parametrize("tokens,pad", [(50, 0), (197, 0), (197, 64), (65, 0)])
 def test_cudnn_attention_equals_einsum_on_gpu(tokens, pad):
   # bf16 (cuDNN computes in bf16/fp16): the cuDNN kernel against the einsum path in the same
