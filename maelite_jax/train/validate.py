@@ -50,6 +50,23 @@ def _check_attention(m):
           "use attention_impl='einsum'.")
 
 
+def _check_xla_options(text: str):
+  """XLA judges its own options: a trivial program compiled with them fails now, with the
+  option named, rather than the train step after minutes of tracing."""
+  import jax
+  import jax.numpy as jnp
+  from maelite_jax.train.step import parse_xla_options
+  try:
+    options = parse_xla_options(text)
+    jax.jit(lambda x: x + 1, compiler_options=options).lower(jnp.zeros(())).compile()
+  except Exception as e:  # noqa: BLE001 - XLA's error says which option and why
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    _fail("xla_options", f"XLA rejects {text!r}: {msg}", "Give XLA_FLAGS-style options that "
+          "this jaxlib knows, e.g. '--xla_gpu_enable_triton_gemm=false' (a GPU option is "
+          "accepted and ignored on CPU), a named set of configs/common.py's XLA_OPTION_SETS "
+          "('gpu'), or leave it empty.")
+
+
 def validate_config(config, *, num_devices: int, workdir: str | None = None,
                     check_data: bool = True):
   """Raises ConfigError naming the bad key and its fix before anything is built.
@@ -107,6 +124,8 @@ def validate_config(config, *, num_devices: int, workdir: str | None = None,
   if not 0.0 < config.nonfinite_lr_factor <= 1.0:
     _fail("nonfinite_lr_factor", f"{config.nonfinite_lr_factor} is outside (0, 1]",
           "Each rollback multiplies the lr by it; e.g. 0.5.")
+  if config.get("xla_options"):
+    _check_xla_options(config.xla_options)
   if check_data:
     from maelite_jax import data as data_lib  # imports tensorflow: only where data is read
     data_lib.validate_data_config(config.data, m.image_size)
