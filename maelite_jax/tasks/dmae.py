@@ -218,7 +218,8 @@ class DMAE(MAE):
     images = batch["image"]
     student = self.student_forward(params, images, batch["noise"], train=True, rng=rng,
                                    masked_only=True)
-    teacher = self.teacher_forward(frozen["teacher"], images, student["ids_keep"])
+    with jax.named_scope("teacher"):  # a label for profiles (bench/profile.py)
+      teacher = self.teacher_forward(frozen["teacher"], images, student["ids_keep"])
     mae_loss = mae_obj.masked_patch_loss(student["pred"], images, student["pred_ids"],
                                          self.model.patch_size, self.norm_pix_loss)
     adapters = params.get("distill_adapters", {})
