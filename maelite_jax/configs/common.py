@@ -75,6 +75,7 @@ def data_config(dataset: str = "fashion_mnist_builtin", **overrides) -> ml_colle
       reduce_zero_label=False,   # segmentation folders: 0 -> ignore, k -> k - 1 (ADE20K)
       shuffle_buffer=10_000,
       on_device=False,           # the split decoded once onto the accelerator, augmented there
+      on_device_canvas=0,        # on_device ImageFolder: images stored at this side (0: none)
       cache=False,               # tf.data: decoded examples kept in memory
       prefetch=2,                # batches in flight on the devices
       check_images=True,         # imagefolder: open every file once (cached), skip unreadable
@@ -151,6 +152,7 @@ def pretrain_skeleton() -> ml_collections.ConfigDict:
       total_epochs=400.0,
       total_steps=0,          # > 0 overrides total_epochs
       init="",                # a checkpoint (workdir / step dir) to initialise params from
+      init_reset="",          # params (path regex) that keep their fresh init despite `init`
       fsdp_regex="",          # params (and their optimizer state) sharded FSDP-style, e.g. ".*"
       # XLA compiler options of the train step, XLA_FLAGS-style, or a named set of
       # XLA_OPTION_SETS (opt-in, e.g. "gpu"); a GPU option is accepted and ignored on CPU
