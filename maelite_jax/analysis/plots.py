@@ -177,3 +177,18 @@ def figure_array(path: str) -> np.ndarray:
   from PIL import Image
   with Image.open(path) as im:
     return np.asarray(im.convert("RGB"))
+
+
+def plot_layer_curves(path, curves: dict, ylabel: str, title: str = "",
+                      xlabel: str = "layer (block)") -> str:
+  """One line per model over its layers (e.g. mean attention distance, CKA to a reference)."""
+  fig = _figure((640, 400))
+  ax = fig.add_axes((0.11, 0.13, 0.62, 0.77))
+  for name, values in curves.items():
+    ax.plot(np.arange(1, len(values) + 1), values, marker="o", label=name)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+  ax.set_title(title, fontsize=9)
+  return _save(fig, path)

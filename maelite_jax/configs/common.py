@@ -176,5 +176,14 @@ def pretrain_skeleton() -> ml_collections.ConfigDict:
 
 
 def every(config):
-  """A reference to config.eval_every, so that --config.eval_every=N moves every evaluator."""
-  return config.get_ref("eval_every")
+  """config.eval_every as each evaluator's default: --config.eval_every=N moves every evaluator,
+  while --config.evals.NAME.every=M overrides that one only."""
+  return follow(config, "eval_every")
+
+
+def follow(config, key):
+  """A value that follows config[key] until it is set itself. A plain `get_ref` is the same
+  FieldReference in both places, so setting either one (e.g. `evals.linear.every=-1`) would set
+  the other and every field sharing it; a derived reference (`ref + 0`) is set on its own."""
+  ref = config.get_ref(key)
+  return ref + ("" if isinstance(config[key], str) else 0)

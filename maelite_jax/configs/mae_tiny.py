@@ -5,8 +5,8 @@ AdamW(0.9, 0.95), wd 0.05, mask ratio 0.75, norm-pix loss, RandomResizedCrop(0.0
 monitors: k-NN of the encoder (50k-image bank, 10k queries, and a random encoder as the floor)
 and reconstruction figures every 5000 steps.
 Variants:
-  :cpu    the same ViT-Tiny on the built-in Fashion-MNIST at 32px / patch 4, batch 64, 300
-          steps: a few minutes on 2 cores (scale up with --config.total_steps)
+  :cpu    the same ViT-Tiny on the built-in Fashion-MNIST at 28 px / patch 4, batch 16, 1000
+          steps, data on the device: `make pretrain`, minutes on 2 cores (see cpu_recipe)
   :tiny   a 2-block toy for tests and smoke runs
 """
 
@@ -58,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def cpu_recipe(config) -> None:
   """MAE-Tiny that visibly learns in a few CPU minutes (`make pretrain`). The model is the
   paper's ViT-Tiny (12 blocks, 192 wide, 12 heads; decoder 96 x 1); the recipe differs from the
-  ImageNet one where a 16k-image run needs it (measured on 2 cores, docs/reproduction.md):
+  ImageNet one where a 16k-image run needs it (measured on 2 cores, docs/results.md):
   - built-in Fashion-MNIST at its native 28 px, patch 4 (7 x 7 grid, 12 visible patches): no
     upsampling, ~20 % cheaper per image than 32 px; data on the device (no host pipeline);
   - batch 16 for 1000 steps: on 2 cores the images/s barely depend on the batch, so a small

@@ -1,0 +1,1 @@
+"""The reproduction study of the paper's comparisons (scripts/reproduce.py)."""
