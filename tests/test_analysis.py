@@ -11,6 +11,7 @@ from PIL import Image
 from maelite_jax.analysis import attention, cka, plots, representations
 from maelite_jax.models.meta import CheckpointMeta, ModelSpec
 from maelite_jax.models.registry import create_model, model_kwargs
+from tests.helpers import read_events
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -288,7 +289,7 @@ def _load_script():
   return report
 
 
-def _save_checkpoint(path, name, seed):
+def _save_checkpoint(path, name, seed, step=0):
   from maelite_jax.train.checkpoint import save_params
   kw = dict(image_size=32, patch_size=4, depth=2, embed_dim=32, num_heads=4)
   if name.startswith("mae_"):
@@ -297,8 +298,9 @@ def _save_checkpoint(path, name, seed):
   x = np.zeros((1, 32, 32, 3), np.float32)
   args = (x, np.zeros((1, 64), np.float32)) if name.startswith("mae_") else (x,)
   params = random_params(model, *args, seed=seed)
-  meta = {"model": {"name": name, "kwargs": model_kwargs(name, **kw)}}
-  save_params(str(path), params, meta)
+  meta = {"model": {"name": name, "kwargs": model_kwargs(name, **kw)},
+          "objective": "mae" if name.startswith("mae_") else ""}
+  save_params(str(path), params, meta, step=step)
 
 
 def test_parse_models():
@@ -315,7 +317,7 @@ def test_script_writes_figures_and_json(tmp_path):
   from maelite_jax.configs import analyze as analyze_config
   analyze = _load_script()
   _save_checkpoint(tmp_path / "mae", "mae_vit_tiny_patch16", 0)
-  _save_checkpoint(tmp_path / "vit", "vit_tiny_patch16", 1)
+  _save_checkpoint(tmp_path / "vit", "vit_tiny_patch16", 1, step=1)
   rng = np.random.default_rng(0)
   for split in ("train", "test"):
     for cls in ("a", "b"):
@@ -354,6 +356,87 @@ def test_script_writes_figures_and_json(tmp_path):
       if size is not None:
         assert im.size == size, name
   assert plots.cka_size() == (550, 500)
+  # TensorBoard: every figure as an image (its PNG's size), summary scalars, at the newest step
+  events = read_events(str(out))
+  assert set(events["images"]) == {os.path.splitext(f)[0] for f in saved["figures"]}
+  for name, size in sizes.items():
+    shown = events["images"][os.path.splitext(name)[0]]
+    assert list(shown) == [1] and (size is None or shown[1] == size), name
+  assert {"attention_distance/mae", "attention_entropy/vit", "cka_last/mae_vs_vit",
+          "cka_same_depth/mae_vs_vit"} <= set(events["scalars"])
+  assert events["scalars"]["cka_same_depth/mae_vs_mae"][1] == pytest.approx(1.0, abs=1e-5)
+  # titles (also in each PNG's metadata) say which model, objective and checkpoint step
+  titles = {n: Image.open(out / n).text["Title"] for n in sizes}
+  assert titles["cka_mae_vs_vit.png"] == (
+      "linear CKA (10 images): mae (MAE, step 0) vs vit (imported, step 1)")
+  assert titles["attn_maps_vit_block1.png"] == "vit (imported, step 1): block 1, query cls"
+  assert titles["recon_mae.png"].startswith("mae (MAE, step 0): reconstructions (mean hidden")
+  assert titles["attention_distance.png"].startswith("attention distance per head")
+
+
+def test_reconstruction_figure_names_objective_run_and_step(tmp_path):
+  """The training monitor's figure (reconstruction evaluator) for D-MAE says D-MAE, the run and
+  the step, has reconstruction_size pixels, and marks hidden patches (blue in the input) apart
+  from visible ones (grey in the error panel, which never scores them)."""
+  import types
+  from maelite_jax.analysis.reconstruction import reconstruction_panels, reconstruction_size
+  from maelite_jax.configs import mae_tiny
+  from maelite_jax.evaluate.reconstruction import ReconstructionEvaluator
+  from maelite_jax.objectives import mae as mae_obj
+  from maelite_jax.train import mesh as mesh_lib
+  config = mae_tiny.get_config("tiny")
+  mae = create_model("mae_vit_tiny_patch16", image_size=32, patch_size=4, depth=1)
+  x = np.zeros((1, 32, 32, 3), np.float32)
+  params = random_params(mae, x, np.zeros((1, 64), np.float32), seed=0)
+
+  def reconstruct(p, images, noise):
+    out = mae.apply({"params": p}, images, noise)
+    return out["pred"], out["mask"]
+
+  objective = types.SimpleNamespace(name="dmae", model=mae, reconstruct=reconstruct,
+                                    norm_pix_loss=True)
+  workdir = tmp_path / "dmae_run"
+  workdir.mkdir()
+  ev = ReconstructionEvaluator(config.evals.reconstruction, name="reconstruction",
+                               run_config=config, model=objective,
+                               mesh=mesh_lib.make_mesh(jax.devices()[:1]), workdir=str(workdir),
+                               features=None)
+  result = ev.run(params, 7)
+  with Image.open(workdir / "reconstruction_step0000007.png") as im:
+    assert im.size == reconstruction_size(config.evals.reconstruction.num_images)
+    assert im.text["Title"].startswith("D-MAE dmae_run, step 7 (mean hidden-patch error")
+  assert result.images["reconstruction"].shape == (*reversed(im.size), 3)
+  assert result.scalars["recon_hidden_error"] > 0
+  images = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+  noise = mae_obj.masking_noise(jax.random.key(0), 2, 64)
+  pred, mask = reconstruct(params, images, noise)
+  panels = reconstruction_panels(images, pred, mask, 4, True, (0.5,) * 3, (0.25,) * 3)
+  hidden = np.asarray(mask).reshape(2, 8, 8) > 0
+  assert np.all(np.isnan(panels["error"][~hidden])) and np.all(panels["error"][hidden] >= 0)
+  first_hidden = np.argwhere(hidden[0])[0] * 4
+  np.testing.assert_allclose(panels["masked"][0, first_hidden[0], first_hidden[1]],
+                             (0.62, 0.78, 0.95))  # blue, not Fashion-MNIST's black background
+
+
+def test_segmentation_figure_has_titles_legend_and_size(tmp_path):
+  names = ["background", "shirt", "shoe"]
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 3, (3, 32, 32))
+  labels[0, :4] = 255  # ignored pixels
+  preds = rng.integers(0, 2, (3, 32, 32))
+  path = plots.plot_segmentation(str(tmp_path / "seg.png"), images, labels, preds, names,
+                                 "segmentation: run, step 5")
+  with Image.open(path) as im:
+    assert im.size == plots.segmentation_size(3) == (760, 690)
+    assert im.text["Title"] == "segmentation: run, step 5"
+    legend = np.asarray(im.convert("RGB"))[:, 600:]  # the fourth column: the class legend
+  colours = plots.palette()
+  for c in (1, 2):  # a swatch of each class present, in its colour
+    assert np.all(legend == colours[c], axis=-1).sum() > 20, c
+  assert plots.legend_entries(labels, preds, names) == [
+      (tuple(colours[0]), "background"), (tuple(colours[1]), "shirt"),
+      (tuple(colours[2]), "shoe"), ((255, 255, 255), "ignored")]
 
 
 def test_only_checkpoints_with_a_decoder_count_as_mae():

@@ -9,14 +9,21 @@ import sys
 import pytest
 from PIL import Image
 
+from tests.helpers import noise_lines, read_events
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# What a user's shell has: the tests' own TF_CPP_MIN_LOG_LEVEL (conftest.py) would hide
+# TensorFlow's warnings, which the noise checks below must see.
+ENV = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
 
 
 def pretrain(workdir, *overrides):
   cmd = [sys.executable, os.path.join(ROOT, "scripts", "pretrain.py"),
          "--config", os.path.join(ROOT, "configs", "mae_tiny.py:tiny"), "--workdir", workdir,
          *overrides]
-  return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+  return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV)
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +46,14 @@ def test_workdir_holds_checkpoints_metrics_events_and_figure(workdir):
   with Image.open(os.path.join(path, "reconstruction.png")) as im:
     assert im.format == "PNG" and im.size[0] > 300
   assert "img/s" in log and "ETA" in log  # the progress line
+  assert noise_lines(log) == []  # no library chatter, no cache / metadata warnings
+  assert log.count("covers more than half of this 4-step run") == 1  # 5 warm-up steps of 4
+  # TensorBoard: the training scalars, the hidden-patch error and the figure itself
+  events = read_events(path)
+  assert set(events["scalars"]["loss"]) == {1, 2, 4}
+  assert list(events["scalars"]["recon_hidden_error"]) == [4]
+  with Image.open(os.path.join(path, "reconstruction.png")) as im:
+    assert events["images"]["reconstruction"] == {4: im.size}
 
 
 def test_rerun_of_a_finished_run_resumes_and_does_nothing(workdir):
@@ -70,7 +85,7 @@ def test_evaluate_runs_every_protocol_from_a_pretraining_workdir(workdir, tmp_pa
          "--finetune_config", os.path.join(ROOT, "configs", "finetune_tiny.py:tiny"),
          f"--config.init={path}", "--workdir", str(tmp_path), "--config.evals.fewshot.every=-1",
          "--config.evals.knn.baseline=True", "--config.evals.linear.baseline=True"]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV)
   assert proc.returncode == 0, proc.stderr[-3000:]
   from maelite_jax.train import results
   rows = [r for r in results.read_rows(str(tmp_path)) if r["metric"] == "top1"]
@@ -79,4 +94,19 @@ def test_evaluate_runs_every_protocol_from_a_pretraining_workdir(workdir, tmp_pa
       "finetune", "finetune-best", "knn-k20", "knn-k20", "linear", "linear"]
   assert sum(r["pretrain"] == "random-init" for r in rows) == 2
   assert all(0.0 <= float(r["value"]) <= 100.0 for r in rows)
+  # one naming across protocols (issue 24, item 8): the fine-tune and the frozen protocols name
+  # the same model and the same pre-training; the metric has its own column
+  every = results.read_rows(str(tmp_path))
+  assert {r["model"] for r in every} == {"vit_tiny_patch16"}
+  assert {r["pretrain"] for r in every} == {f"mae:{path}", "random-init"}
+  assert {r["metric"] for r in every} == {"top1", "top5"}
   assert "knn-k20" in proc.stdout and "finetune" in proc.stdout  # the printed table
+  # every row names the checkpoint's step; the offline protocols' scalars are in TensorBoard
+  assert {r["step"] for r in rows} == {"4", "30"}  # the MAE checkpoint; the fine-tune's end
+  events = read_events(str(tmp_path))
+  assert {"knn_top1", "knn_top1_random", "linear_top1", "linear_top1_random"} <= set(
+      events["scalars"])
+  assert list(events["scalars"]["knn_top1"]) == [4]
+  assert "top1" in read_events(str(tmp_path / "finetune"))["scalars"]
+  assert proc.stdout.count("protocol") == 1  # the table is printed once
+  assert noise_lines(proc.stderr) == []

@@ -386,3 +386,114 @@ def test_export_then_import_float32_is_exact(mae_workdir, tmp_path):
   back, meta = load_params(out)
   _assert_same_tree(params["encoder"], back)
   assert meta["source"]["format"] == "timm" and meta["source"]["unexpected"] == []
+
+
+@pytest.mark.parametrize("kind", ["mae_encoder", "mae_whole", "classifier"])
+def test_round_trip_needs_no_model_flags(mae_workdir, tmp_path, kind):
+  """Export of a 32 px / patch 4 model, then import with only --torch-checkpoint and --out: the
+  exporter's JSON next to the weights (and the safetensors metadata) name the model, its sizes,
+  heads, classes, pooling and position table (issue 24, item 3)."""
+  if kind == "classifier":
+    kwargs = VIT_CASES["small_avg_head_trainable_pos"]
+    _, params = _case("vit_tiny_patch16", **kwargs)
+    workdir = str(tmp_path / "ft")
+    save_params(workdir, params, {"model": {"name": "vit_tiny_patch16", "kwargs": kwargs}},
+                step=3)
+    fmt, want, want_kwargs = "timm", params, kwargs
+  else:
+    workdir, params = mae_workdir
+    fmt = "mae" if kind == "mae_whole" else "timm"
+    want = params if kind == "mae_whole" else params["encoder"]
+    want_kwargs = SMALL
+  _run_script("export_torch", f"--checkpoint={workdir}", f"--out={tmp_path}/w.safetensors",
+              f"--format={fmt}")
+  out = str(tmp_path / "imported")
+  _run_script("import_torch", f"--torch-checkpoint={tmp_path}/w.safetensors", f"--out={out}")
+  back, meta = load_params(out)
+  _assert_same_tree(want, back)
+  name = "mae_vit_tiny_patch16" if kind == "mae_whole" else "vit_tiny_patch16"
+  assert meta["model"] == {"name": name, "kwargs": want_kwargs}
+  assert meta["source"]["format"] == fmt
+
+
+def test_import_flags_win_over_the_exporters_json(mae_workdir, tmp_path):
+  workdir, params = mae_workdir
+  _run_script("export_torch", f"--checkpoint={workdir}", f"--out={tmp_path}/w.safetensors")
+  out = str(tmp_path / "imported")
+  # a 64 px import of the 32 px export: the fixed sin-cos table is recomputed for the new grid
+  _run_script("import_torch", f"--torch-checkpoint={tmp_path}/w.safetensors", f"--out={out}",
+              "--image-size=64")
+  _, meta = load_params(out)
+  assert meta["model"]["kwargs"] == dict(SMALL, image_size=64)
+  # without the JSON, the model must be named
+  os.remove(tmp_path / "w.json")
+  from maelite_jax.utils.errors import UserError
+  with pytest.raises(UserError, match="--model is needed"):
+    _run_script("import_torch", f"--torch-checkpoint={tmp_path}/w.safetensors",
+                f"--out={tmp_path}/again")
+
+
+def test_host_fingerprint_equals_the_jitted_one():
+  """load_params checks the weights it reads in numpy (no compilation per tool run); the sums
+  must be those the jitted fingerprint wrote at save time, for every dtype a state holds."""
+  import ml_dtypes
+  from maelite_jax.train import checkpoint
+  rng = np.random.default_rng(0)
+  tree = {"f32": rng.standard_normal((3, 5)).astype(np.float32),
+          "bf16": rng.standard_normal(7).astype(ml_dtypes.bfloat16),
+          "i32": rng.integers(-9, 9, (4, 2)).astype(np.int32),
+          "u8": rng.integers(0, 255, 6).astype(np.uint8),
+          "flag": np.array([True, False, True]), "scalar": np.array(3.5, np.float32),
+          "big": rng.standard_normal(100_003).astype(np.float32)}
+  on_device = checkpoint.fingerprint_json(jax.tree.map(jnp.asarray, tree))
+  jitted, checkpoint.fingerprint = checkpoint.fingerprint, None  # the host path compiles nothing
+  try:
+    host = checkpoint.fingerprint_json(tree)
+  finally:
+    checkpoint.fingerprint = jitted
+  assert host == on_device and len(set(host.values())) == len(tree)
+
+
+
+def test_loading_a_checkpoint_logs_no_orbax_metadata_warning(mae_workdir, caplog):
+  """load_params reads the item's metadata through its handler: orbax's checkpointer would look
+  for the step's _CHECKPOINT_METADATA inside state/ and warn on every load (issue 24, item 6)."""
+  import logging
+  workdir, _ = mae_workdir
+  with caplog.at_level(logging.INFO):
+    load_params(workdir)
+  assert not [r for r in caplog.records if "Metadata file does not exist" in r.getMessage()]
+
+
+def _pytorch_snippets():
+  """The ```python blocks of README.md and docs/*.md that load an export into timm."""
+  import glob
+  import re
+  out = []
+  for path in [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs",
+                                                                                 "*.md"))):
+    for block in re.findall(r"^\s*```python\s*\n(.*?)^\s*```", open(path).read(), re.M | re.S):
+      if "timm.create_model" in block:
+        out.append(pytest.param(block, id=os.path.relpath(path, ROOT)))
+  return out
+
+
+@pytest.mark.parametrize("snippet", _pytorch_snippets())
+def test_documented_pytorch_snippet_loads_the_export(mae_workdir, tmp_path, monkeypatch, snippet):
+  """The docs' PyTorch code, run as written (timm 1.0.31 with the torchvision stub) on the files
+  the documented export command writes, gives the JAX encoder's tokens."""
+  import re
+  assert _pytorch_snippets(), "docs/pytorch.md shows how to load the export in PyTorch"
+  weights = re.search(r'load_file\("([^"]+)"\)', snippet).group(1)
+  workdir, params = mae_workdir
+  _run_script("export_torch", f"--checkpoint={workdir}", f"--out={tmp_path / weights}")
+  monkeypatch.chdir(tmp_path)
+  scope = {}
+  exec(compile(snippet, "snippet", "exec"), scope)  # noqa: S102 - the documentation's own code
+  model, args = scope["model"], scope["args"]
+  images = _images(2, args["img_size"])
+  with torch.no_grad():
+    theirs = model.forward_features(_nchw(images)).numpy()
+  encoder = create_model("vit_tiny_patch16", **SMALL)
+  ours = np.asarray(encoder.apply({"params": params["encoder"]}, images)[0])
+  assert float(np.max(np.abs(ours - theirs))) <= TOL

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from maelite_jax import data as data_lib
+from maelite_jax.analysis import plots
 from maelite_jax.configs import seg_tiny
 from maelite_jax.data import seg_sources, transforms
 from maelite_jax.evaluate import segmentation as sm
@@ -21,7 +22,7 @@ from maelite_jax.run import build_trainer
 from maelite_jax.tasks.segmentation import Segmentation, pixel_cross_entropy
 from maelite_jax.train import checkpoint, optim, pretrained, results
 from maelite_jax.train import mesh as mesh_lib
-from tests.helpers import override
+from tests.helpers import override, read_events
 
 TINY = {"model.embed_dim": 32, "model.depth": 4, "model.num_heads": 2}
 
@@ -153,6 +154,32 @@ def test_folder_dataset_pairs_images_with_label_maps(tmp_path):
     data_lib.validate_data_config(data, 16)
 
 
+@pytest.mark.parametrize("state", ["unset", "missing", "no_masks", "empty"])
+def test_missing_ade20k_folder_error_describes_images_and_masks(tmp_path, state):
+  """The ADE20K recipe on a folder that is not there (or half there): the error names the
+  segmentation layout (<split>/images + <split>/masks), never the classification one
+  (<split>/<class>), through the same check the command line runs before compiling."""
+  from maelite_jax.train.validate import validate_config
+  from maelite_jax.utils.errors import ConfigError
+  root = tmp_path / "ade"
+  if state in ("no_masks", "empty"):
+    for split in ("training", "validation"):
+      (root / split / "images").mkdir(parents=True)
+      if state == "empty":
+        (root / split / "masks").mkdir(parents=True)
+  config = seg_tiny.get_config("ade20k")
+  if state != "unset":
+    config = override(config, **{"data.data_dir": str(root)})
+  with pytest.raises(ConfigError) as e:
+    validate_config(config, num_devices=1, workdir=str(tmp_path / "run"))
+  message = str(e.value)
+  assert "images" in message and "masks" in message and "<class>" not in message, message
+  assert "training" in message and "docs/segmentation.md" in message, message
+  assert message.startswith({"unset": "config.data.data_dir", "missing": "config.data.data_dir",
+                             "no_masks": "config.data.train_split",
+                             "empty": "config.data.train_split"}[state]), message
+
+
 @pytest.mark.parametrize("size,patch", [(32, 4), (40, 4), (64, 16), (48, 8), (96, 8)])
 def test_feature_pyramid_shapes_and_strides(size, patch):
   task = Segmentation(seg_config(**{"model.image_size": size, "model.patch_size": patch,
@@ -271,6 +298,11 @@ def test_short_run_beats_all_background(short_run):
   assert [r["protocol"] for r in csv][0] == "segment"
   assert csv[0]["value"] == f"{100 * final['miou']:.2f}"
   assert os.path.exists(os.path.join(workdir, "segmentation.png"))  # image | truth | pred
+  # ... and the same figure in TensorBoard at every evaluation, next to the scalars
+  events = read_events(workdir)
+  figure = plots.segmentation_size(trainer.config.evals.segmentation.num_images)
+  assert events["images"]["segmentation"] == {30: figure, 60: figure}
+  assert events["scalars"]["miou"][60] == pytest.approx(final["miou"])
 
 
 def test_sharded_eval_is_exact_on_an_uneven_split(short_run):

@@ -1,7 +1,9 @@
-"""PNG figures for the analysis: CKA heat maps, per-head attention statistics, attention maps.
+"""PNG figures for the analysis: CKA heat maps, per-head attention statistics, attention maps,
+segmentation predictions.
 
 Figures are saved at DPI 100 without tight bounding boxes, so a figure's pixel size is exactly
-its `figsize * DPI` (the `*_size` helpers below; tests and docs rely on that).
+its `figsize * DPI` (the `*_size` helpers below; tests and docs rely on that). Each PNG carries
+its title in the file's metadata ('Title', PIL: `Image.open(p).text['Title']`) too.
 """
 
 import matplotlib
@@ -18,7 +20,7 @@ def cka_size() -> tuple[int, int]:
 
 
 def head_stats_size(num_models: int) -> tuple[int, int]:
-  return 50 + 350 * num_models, 350
+  return 70 + 350 * num_models, 350
 
 
 def attention_maps_size(num_images: int, num_heads: int) -> tuple[int, int]:
@@ -29,8 +31,25 @@ def _figure(size_px):
   return plt.figure(figsize=(size_px[0] / DPI, size_px[1] / DPI), dpi=DPI)
 
 
-def _save(fig, path) -> str:
-  fig.savefig(path, dpi=DPI)
+# How figures name where a model comes from (checkpoint meta's objective).
+OBJECTIVE_TITLES = {"mae": "MAE", "dmae": "D-MAE", "mocov3": "MoCo-v3",
+                    "classification": "fine-tuned", "segmentation": "segmentation",
+                    "": "imported"}
+
+
+def objective_title(objective: str | None) -> str:
+  return OBJECTIVE_TITLES.get(objective or "", objective)
+
+
+def model_label(name: str, objective: str | None, step: int | None) -> str:
+  """'mae (MAE, step 300)': a model as figures name it."""
+  step_text = "" if step is None else f", step {step}"
+  return f"{name} ({objective_title(objective)}{step_text})"
+
+
+def _save(fig, path, title: str = "") -> str:
+  title = title or (fig._suptitle.get_text() if fig._suptitle is not None else "")
+  fig.savefig(path, dpi=DPI, metadata={"Title": title} if title else None)
   plt.close(fig)
   return path
 
@@ -52,9 +71,10 @@ def plot_cka(path, matrix, name_a: str, name_b: str, labels_a=None, labels_b=Non
               color="black" if v > 0.6 else "white")
   ax.set_ylabel(f"{name_a} layer")
   ax.set_xlabel(f"{name_b} layer")
-  ax.set_title(title or f"linear CKA: {name_a} vs {name_b}", fontsize=9)
+  title = title or f"linear CKA: {name_a} vs {name_b}"
+  ax.set_title(title, fontsize=9)
   fig.colorbar(im, cax=fig.add_axes((0.83, 0.12, 0.03, 0.76)))
-  return _save(fig, path)
+  return _save(fig, path, title)
 
 
 def plot_head_stats(path, values: dict, ylabel: str, title: str = "", labels=None) -> str:
@@ -80,7 +100,7 @@ def plot_head_stats(path, values: dict, ylabel: str, title: str = "", labels=Non
   axes[0].legend(fontsize=7)
   if title:
     fig.suptitle(title, fontsize=9)
-  fig.subplots_adjust(left=75 / size[0], right=0.98, bottom=0.15, top=0.85)
+  fig.subplots_adjust(left=95 / size[0], right=0.98, bottom=0.15, top=0.85)
   return _save(fig, path)
 
 
@@ -124,6 +144,9 @@ def plot_attention_maps(path, images, maps, heads, title: str = "") -> str:
   return _save(fig, path)
 
 
+IGNORE = 255  # the ignore label of segmentation maps (evaluate/segmentation.py)
+
+
 def palette() -> np.ndarray:
   """(256, 3) uint8 class colours: PASCAL VOC's bit-interleaved palette, ignore (255) white."""
   colours = np.zeros((256, 3), np.uint8)
@@ -141,6 +164,19 @@ def palette() -> np.ndarray:
 
 def segmentation_size(num_images: int) -> tuple[int, int]:
   return 760, 200 * num_images + 90
+
+
+def legend_entries(labels, preds, class_names) -> list[tuple[tuple, str]]:
+  """(colour, name) of each class in the ground truth or the prediction, then 'ignored' (white)
+  when the ground truth has ignored pixels."""
+  colours = palette()
+  present = sorted((set(np.unique(labels).tolist()) | set(np.unique(preds).tolist()))
+                   - {IGNORE})
+  out = [(tuple(int(v) for v in colours[c]), class_names[c] if c < len(class_names) else str(c))
+         for c in present]
+  if np.any(np.asarray(labels) == IGNORE):
+    out.append(((255, 255, 255), "ignored"))
+  return out
 
 
 def plot_segmentation(path, images, labels, preds, class_names, title: str = "") -> str:
@@ -161,9 +197,10 @@ def plot_segmentation(path, images, labels, preds, class_names, title: str = "")
       ax.set_yticks([])
       if i == 0:
         ax.set_title(name, fontsize=9)
-  present = sorted(set(np.unique(labels)) | set(np.unique(preds)) - {255})
-  handles = [plt.Rectangle((0, 0), 1, 1, color=colours[c] / 255) for c in present]
-  names = [class_names[c] if c < len(class_names) else str(c) for c in present]
+  entries = legend_entries(labels, preds, class_names)
+  handles = [plt.Rectangle((0, 0), 1, 1, facecolor=np.asarray(c) / 255, edgecolor="0.5", lw=0.5)
+             for c, _ in entries]
+  names = [name for _, name in entries]
   legend_ax = fig.add_subplot(grid[:, 3])
   legend_ax.axis("off")
   legend_ax.legend(handles, names, loc="upper left", fontsize=8, frameon=False,

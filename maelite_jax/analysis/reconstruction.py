@@ -9,6 +9,8 @@ the hidden patches, which leaks part of the answer. We show both mappings, label
 and the per-patch error in the loss's own space, so the figure cannot flatter the model.
 """
 
+import os
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -59,9 +61,23 @@ def reconstruction_panels(images, pred, mask, patch_size, norm_pix_loss, mean, s
   }
 
 
+def reconstruction_size(num_images: int, columns: int = 5) -> tuple[int, int]:
+  """The figure's size in pixels: 200 per panel (5 columns for norm-pix models, 4 for plain
+  pixels) plus room for the title and the column labels."""
+  return 200 * columns, 200 * num_images + 90
+
+
+def figure_title(objective: str, run: str, step: int) -> str:
+  """'D-MAE mae_cpu, step 300': objective (as the paper names it), run folder, step."""
+  from maelite_jax.analysis.plots import objective_title
+  run = os.path.basename(os.path.normpath(run)) if run else ""
+  return " ".join(p for p in (objective_title(objective), run) if p) + f", step {step}"
+
+
 def save_reconstruction_grid(path, *, images, pred, mask, patch_size, norm_pix_loss,
                              mean, std, title: str = "MAE reconstructions") -> tuple[str, float]:
-  """Writes the PNG grid (one row per image); returns (path, mean hidden-patch error)."""
+  """Writes the PNG grid (one row per image; reconstruction_size pixels, the title also in the
+  PNG's metadata); returns (path, mean hidden-patch error)."""
   panels = reconstruction_panels(images, pred, mask, patch_size, norm_pix_loss, mean, std)
   n = panels["original"].shape[0]
   if norm_pix_loss:  # the prediction is in per-patch normalised units: two ways back
@@ -76,7 +92,8 @@ def save_reconstruction_grid(path, *, images, pred, mask, patch_size, norm_pix_l
               "per-patch error, hidden only\n(MSE; grey = visible)"]
     keys = ["original", "masked", "recon_visible", "error"]
   cols = len(keys)
-  fig, axes = plt.subplots(n, cols, figsize=(2 * cols, 2.0 * n + 0.9), squeeze=False,
+  width, height = reconstruction_size(n, cols)
+  fig, axes = plt.subplots(n, cols, figsize=(width / 100, height / 100), squeeze=False,
                            layout="constrained")
   cmap = matplotlib.colormaps["magma"].with_extremes(bad="#c8c8c8")
   vmax = float(np.nanmax(panels["error"])) if np.isfinite(panels["error"]).any() else 1.0
@@ -93,7 +110,8 @@ def save_reconstruction_grid(path, *, images, pred, mask, patch_size, norm_pix_l
         ax.set_title(titles[j], fontsize=7)
   fig.colorbar(im, ax=axes[:, cols - 1].tolist(), shrink=0.6)
   err = panels["hidden_error"]
-  fig.suptitle(f"{title} (mean hidden-patch error {err:.3f})", fontsize=9)
-  fig.savefig(path, dpi=100)
+  title = f"{title} (mean hidden-patch error {err:.3f})"
+  fig.suptitle(title, fontsize=9)
+  fig.savefig(path, dpi=100, metadata={"Title": title})
   plt.close(fig)
   return path, err

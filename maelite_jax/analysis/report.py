@@ -22,7 +22,8 @@ from maelite_jax.analysis.reconstruction import save_reconstruction_grid
 from maelite_jax.analysis.representations import forward, layer_labels
 from maelite_jax.models.meta import CheckpointMeta, encoder_from_meta
 from maelite_jax.train import mesh as mesh_lib
-from maelite_jax.train.checkpoint import load_params
+from maelite_jax.train import metrics as metrics_lib
+from maelite_jax.train.checkpoint import checkpoint_step, load_params
 from maelite_jax.utils.errors import ConfigError
 
 
@@ -59,7 +60,8 @@ def load_models(config) -> list[dict]:
     last = reps.last_norm(meta, enc_params) if config.cka.last_norm == "auto" else (
         config.cka.last_norm)
     models.append(dict(name=name, path=path, meta=meta, params=params, encoder=encoder,
-                       enc_params=enc_params, is_mae=reps.is_mae(params), last_norm=last))
+                       enc_params=enc_params, is_mae=reps.is_mae(params), last_norm=last,
+                       step=checkpoint_step(path)))
     logging.info("%s: %s from %s (depth %d, %d heads, %dpx, patch %d)", name,
                  meta.model.name, path, encoder.depth, encoder.num_heads,
                  encoder.image_size, encoder.patch_size)
@@ -126,6 +128,11 @@ def make_batch_fn(encoder, config, mesh, last_norm=None):
   return jax.jit(fn, out_shardings=mesh_lib.replicated(mesh)), scale
 
 
+def label(m) -> str:
+  """How figures name a model: 'mae (MAE, step 300)'."""
+  return plots.model_label(m["name"], m["meta"].objective, m["step"])
+
+
 def draw_attention_maps(m, images, maps, config, workdir) -> list[str]:
   """maps: (len(vis layers), n, len(vis heads), g, g) for the n images shown."""
   layers, heads = vis_layers_heads(m["encoder"], config)
@@ -134,7 +141,7 @@ def draw_attention_maps(m, images, maps, config, workdir) -> list[str]:
   for i, layer_maps in zip(layers, maps):
     path = os.path.join(workdir, f"attn_maps_{m['name']}_block{i}.png")
     paths.append(plots.plot_attention_maps(
-        path, shown, layer_maps, heads, f"{m['name']}: block {i}, query {config.vis.query}"))
+        path, shown, layer_maps, heads, f"{label(m)}: block {i}, query {config.vis.query}"))
   return paths
 
 
@@ -149,7 +156,7 @@ def draw_reconstructions(m, images, config, workdir) -> str:
   path, _ = save_reconstruction_grid(
       os.path.join(workdir, f"recon_{m['name']}.png"), images=images, pred=out["pred"],
       mask=out["mask"], patch_size=mae.patch_size, norm_pix_loss=norm_pix,
-      mean=config.data.mean, std=config.data.std, title=f"{m['name']}: reconstructions")
+      mean=config.data.mean, std=config.data.std, title=f"{label(m)}: reconstructions")
   return path
 
 
@@ -211,12 +218,12 @@ def run(config, workdir: str) -> dict:
     figures.append(plots.plot_cka(
         os.path.join(workdir, f"cka_{a}_vs_{b}.png"), matrix, a, b,
         layer_labels(models[i]["encoder"].depth), layer_labels(models[j]["encoder"].depth),
-        f"{config.cka.kernel} CKA ({seen} images): {a} vs {b}"))
-  unit = {"patch": "pixels", "sqrt_tokens": "grid x sqrt(N), the paper's unit",
+        f"{config.cka.kernel} CKA ({seen} images): {label(models[i])} vs {label(models[j])}"))
+  unit = {"patch": "pixels", "sqrt_tokens": "grid x sqrt(N): the paper's unit",
           "grid": "patches"}[config.attention.distance_unit]
-  for key, ylabel in (("distance", f"mean attention distance ({unit})"),
+  for key, ylabel in (("distance", f"mean attention distance\n({unit})"),
                       ("entropy", "attention entropy (nats)")):
-    values = {name: np.asarray(v[key]) for name, v in result["attention"].items()}
+    values = {label(m): np.asarray(result["attention"][m["name"]][key]) for m in models}
     figures.append(plots.plot_head_stats(
         os.path.join(workdir, f"attention_{key}.png"), values, ylabel,
         f"attention {key} per head ({seen} images)"))
@@ -227,4 +234,35 @@ def run(config, workdir: str) -> dict:
   result["figures"] = [os.path.basename(f) for f in figures]
   with open(os.path.join(workdir, "analysis.json"), "w") as f:
     json.dump(result, f, indent=1)
+  write_events(workdir, models, result, figures)
   return result
+
+
+def summary_scalars(result: dict) -> dict:
+  """A few numbers per model and pair for TensorBoard (analysis.json has them all): mean
+  attention distance / entropy over blocks and heads, the CKA of the last representations and,
+  for models of equal depth, the mean CKA of same-depth layers."""
+  scalars = {}
+  for name, att in result["attention"].items():
+    scalars[f"attention_distance/{name}"] = float(np.mean(att["distance_layer_mean"]))
+    scalars[f"attention_entropy/{name}"] = float(np.mean(att["entropy_layer_mean"]))
+  for pair in result["cka"]["pairs"]:
+    matrix, key = np.asarray(pair["matrix"]), f"{pair['a']}_vs_{pair['b']}"
+    scalars[f"cka_last/{key}"] = float(matrix[-1, -1])
+    if matrix.shape[0] == matrix.shape[1]:
+      scalars[f"cka_same_depth/{key}"] = float(np.mean(np.diag(matrix)))
+  return scalars
+
+
+def write_events(workdir: str, models: list[dict], result: dict, figures: list[str]) -> None:
+  """The summary scalars and every figure (as an image named after its file) to TensorBoard
+  events in the workdir, at the newest checkpoint step among the models."""
+  writer = metrics_lib.event_writer(workdir)
+  if writer is None:
+    return
+  try:
+    images = {os.path.splitext(os.path.basename(f))[0]: plots.figure_array(f) for f in figures}
+    metrics_lib.write_events(writer, max(m["step"] for m in models), summary_scalars(result),
+                             images)
+  finally:
+    writer.close()

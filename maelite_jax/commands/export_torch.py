@@ -6,16 +6,17 @@
 Writes FILE.safetensors (and FILE.pth when the name ends in .pth) plus FILE.json with the model
 arguments: `timm.create_model(**json)` for 'timm', models_mae.MaskedAutoencoderViT(**json) for
 'mae'. The model is rebuilt from the checkpoint's meta, which says which sizes and heads it has.
+scripts/import_torch.py reads FILE.json (and the safetensors metadata: our model name, the
+position table's layout and trainability) back, so a round trip needs no model flags.
 """
 
 import json
-import re
 
 from absl import app, flags, logging
 
 from maelite_jax import export
 from maelite_jax.export import io
-from maelite_jax.models.meta import CheckpointMeta
+from maelite_jax.models.meta import CheckpointMeta, vit_name
 from maelite_jax.train.checkpoint import load_params
 from maelite_jax.utils import cli
 
@@ -35,7 +36,7 @@ def define_flags(fv=flags.FLAGS):
 
 def output_paths(out: str) -> dict:
   """{'safetensors', 'pth' (or None), 'json'} for the --out name."""
-  stem = re.sub(r"\.(safetensors|pth(\.tar)?|pt)$", "", out)
+  stem = io.stem(out)
   return {"safetensors": stem + ".safetensors", "pth": out if io.is_pth(out) else None,
           "json": stem + ".json"}
 
@@ -50,8 +51,12 @@ def export_checkpoint(checkpoint: str, out: str, fmt: str = "timm", dtype: str =
                                           posemb=getattr(model, "posemb", "mae"))
   args = export.timm_model_args(model, params) if fmt == "timm" else export.mae_model_args(model)
   paths = output_paths(out)
-  io.write_safetensors(state_dict, paths["safetensors"],
-                       metadata={"format": fmt, "source_model": name})
+  # What the JSON (timm's or MAE's constructor arguments) cannot hold, for scripts/import_torch.py
+  hints = {"format": fmt, "source_model": name,
+           "model": vit_name(name) if fmt == "timm" else name,
+           "posemb": getattr(model, "posemb", "mae"),
+           "trainable_pos_embed": str(bool(getattr(model, "trainable_pos_embed", False))).lower()}
+  io.write_safetensors(state_dict, paths["safetensors"], metadata=hints)
   if paths["pth"]:
     io.write_pth(state_dict, paths["pth"])
   with open(paths["json"], "w") as f:

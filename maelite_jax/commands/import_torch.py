@@ -4,7 +4,11 @@
       --model mae_vit_tiny_patch16 --out workdirs/mae_tiny_torch
   python scripts/import_torch.py --torch-checkpoint mocov3.pth.tar --prefix base_encoder. \
       --model vit_tiny_patch16 --out workdirs/mocov3_tiny
+  python scripts/import_torch.py --torch-checkpoint vit_tiny.safetensors --out workdirs/back
 
+A file written by scripts/export_torch.py needs no model flags: the JSON next to it
+(vit_tiny.json: image size, patch size, depth, heads, classes, pooling) and the safetensors
+metadata (model name, position table) describe the model; flags given anyway win over them.
 The output is a workdir with checkpoints/0 in the training layout (meta names the model), which
 `--config.init` of pre-training, fine-tuning and distillation accept. A MoCo-v3 file's fixed
 position table (MAE's with its halves swapped) is recognised and kept: meta's model kwargs get
@@ -18,15 +22,19 @@ import os
 from absl import app, flags, logging
 
 from maelite_jax import export
-from maelite_jax.models.registry import create_model, list_models
+from maelite_jax.export import io as export_io
+from maelite_jax.models.registry import (constructor_fields, create_model, list_models,
+                                         model_class, model_kwargs)
 from maelite_jax.train.checkpoint import save_params
 from maelite_jax.utils import cli
+from maelite_jax.utils.errors import UserError
 
 
 def define_flags(fv=flags.FLAGS):
   flags.DEFINE_string("torch-checkpoint", None, ".pth / .pth.tar / .safetensors file.",
                       flag_values=fv)
-  flags.DEFINE_enum("model", None, list_models(), "Registry name of the model to load into.",
+  flags.DEFINE_enum("model", None, list_models(), "Registry name of the model to load into; "
+                    "default: the one named by the exporter's JSON next to the file.",
                     flag_values=fv)
   flags.DEFINE_string("out", None, "Workdir to write the checkpoint into.", flag_values=fv)
   flags.DEFINE_enum("format", None, export.FORMATS,
@@ -50,7 +58,7 @@ def define_flags(fv=flags.FLAGS):
   flags.DEFINE_bool("allow-pickle", False, "Unpickle arbitrary objects in a .pth you trust.",
                     flag_values=fv)
   flags.DEFINE_integer("step", 0, "Step number of the written checkpoint.", flag_values=fv)
-  flags.mark_flags_as_required(["torch-checkpoint", "model", "out"], flag_values=fv)
+  flags.mark_flags_as_required(["torch-checkpoint", "out"], flag_values=fv)
 
 
 def import_checkpoint(torch_checkpoint: str, model: str, out: str, *, fmt: str | None = None,
@@ -77,6 +85,40 @@ def import_checkpoint(torch_checkpoint: str, model: str, out: str, *, fmt: str |
   return step_dir, report
 
 
+def _defaults(name: str) -> dict:
+  """Every constructor argument of a registry model as built without overrides."""
+  cls = model_class(name)
+  fields = {k: f.default for k, f in cls.__dataclass_fields__.items()
+            if k not in ("parent", "name")}
+  return dict(fields, **model_kwargs(name))
+
+
+def resolve_model(torch_checkpoint: str, model: str | None, fmt: str | None,
+                  overrides: dict) -> tuple[str, str | None, dict, str | None]:
+  """(model, format, constructor overrides, the JSON read or None): the exporter's JSON next to
+  the file (and its safetensors metadata) give the model's sizes, heads, classes, pooling and
+  position table; explicit flags (`model`, `fmt`, `overrides`) win over it. Arguments equal to
+  the registry model's own are left out, so meta records only what differs."""
+  args, hints, json_path = export_io.read_export_info(torch_checkpoint)
+  if args is None:
+    if model is None:
+      raise UserError(f"--model is needed for {torch_checkpoint}: no exporter JSON "
+                      f"({json_path}) says which model it holds. Pass a registry name: "
+                      f"{', '.join(list_models())}.")
+    return model, fmt, overrides, None
+  json_fmt, json_model, json_kwargs = export.model_from_export_args(args, hints)
+  model = model or json_model
+  if model not in list_models():
+    raise UserError(f"{json_path} describes a model ({args.get('embed_dim')} wide) that is not "
+                    f"in the registry; pass --model (one of {', '.join(list_models())}) and "
+                    "its arguments with --model-arg.")
+  fields, defaults = constructor_fields(model), _defaults(model)
+  merged = {k: v for k, v in json_kwargs.items() if k in fields and defaults.get(k) != v}
+  merged.update(overrides)
+  logging.info("model arguments from %s: %s", json_path, merged)
+  return model, fmt or json_fmt, merged, json_path
+
+
 def parse_model_args(items) -> dict:
   """['depth=6', 'global_pool=avg'] -> {'depth': 6, 'global_pool': 'avg'}."""
   out = {}
@@ -101,8 +143,10 @@ def _main(argv, fv=flags.FLAGS):
            "trainable_pos_embed": fv["trainable-pos-embed"].value}
   overrides = parse_model_args(fv["model-arg"].value)
   overrides.update({k: v for k, v in named.items() if v is not None})
+  model, fmt, overrides, _ = resolve_model(fv["torch-checkpoint"].value, fv.model, fv.format,
+                                           overrides)
   step_dir, report = import_checkpoint(
-      fv["torch-checkpoint"].value, fv.model, fv.out, fmt=fv.format, prefix=fv.prefix,
+      fv["torch-checkpoint"].value, model, fv.out, fmt=fmt, prefix=fv.prefix,
       overrides=overrides, allow_missing=fv["allow-missing"].value,
       allow_pickle=fv["allow-pickle"].value, step=fv.step)
   print(json.dumps({"checkpoint": step_dir, "report": report.summary()}))

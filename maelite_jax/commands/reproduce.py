@@ -1,6 +1,6 @@
 """The paper's comparisons at small scale in one command.
 
-  python scripts/reproduce.py --scale cpu --workdir runs/reproduce_cpu   # ~1 h on 2 CPU cores
+  python scripts/reproduce.py --scale cpu --workdir runs/reproduce_cpu   # ~80 min on 2 CPU cores
   python scripts/reproduce.py --scale gpu --workdir runs/reproduce_gpu   # ~10 min on one GPU
   python scripts/reproduce.py --scale tiny --workdir /tmp/repro          # a smoke test
 

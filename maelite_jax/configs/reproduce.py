@@ -13,7 +13,7 @@ k-NN and the linear probe on frozen features (random init as the floor); analysi
 distance per layer, CKA of each encoder against the supervised one.
 Scales:
   :tiny  2-block models, a few steps of each arm: the pipeline end to end (tests, CI)
-  :cpu   about an hour on 2 CPU cores
+  :cpu   ~80 min on 2 CPU cores (docs/reproduction.md: 80.6 min, 93.5 CPU-minutes)
   :gpu   about 10 minutes on one H100/H200
 """
 

@@ -78,19 +78,34 @@ class SegFolderSource(sources.Source):
     self.reduce_zero_label = reduce_zero_label
     self._files = {}
 
+  def layout(self) -> str:
+    """The folder layout this source reads, with the configured split names."""
+    root = str(self.root) if self.root else 'ROOT'
+    names = ', '.join(sorted(set(self.splits.values())))
+    return (f'{root}/<split>/images/NAME.jpg|png and {root}/<split>/masks/NAME.png (one 8-bit '
+            f'label map per image, 255 = ignore) for the splits {names}; ADE20K '
+            '(ADEChallengeData2016) is linked into this layout as shown in docs/segmentation.md')
+
   def validate(self, splits) -> None:
-    if self.root is None or not self.root.is_dir():
+    if self.root is None:
+      raise sources.config_error(
+          'data_dir', 'is not set, and the segmentation dataset \'imagefolder\' reads a folder.',
+          f'set --config.data.data_dir=ROOT holding {self.layout()}.')
+    if not self.root.is_dir():
       raise sources.config_error('data_dir', f'segmentation folder {self.root} does not exist.',
-                                 'point data.data_dir at root/<split>/{images,masks}.')
+                                 f'point data.data_dir at a folder holding {self.layout()}.')
     for key, split in splits.items():
       for sub in ('images', 'masks'):
         if not (self.root / split / sub).is_dir():
-          raise sources.config_error(key, f'{self.root / split / sub} does not exist.',
-                                     'use root/<split>/images and root/<split>/masks.')
+          present = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+          raise sources.config_error(
+              key, f'{self.root / split / sub} does not exist (sub-folders of data.data_dir: '
+              f'{present}).', f'lay the data out as {self.layout()}, or set data.{key} to the '
+              'split folder that holds images/ and masks/.')
       images, masks = self.files(split)
       if not len(images):
         raise sources.config_error(key, f'no images in {self.root / split / "images"}.',
-                                   'add image files or fix data.data_dir.')
+                                   f'add image files there (layout: {self.layout()}).')
       _check_mask_mode(masks[0])
 
   def files(self, split):

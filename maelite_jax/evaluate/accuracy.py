@@ -13,6 +13,7 @@ from maelite_jax.evaluate.base import Evaluator, Result, register
 from maelite_jax.objectives.classification import masked_counts
 from maelite_jax.train import mesh as mesh_lib
 from maelite_jax.utils.arrays import round_up
+from maelite_jax.utils.logs import Progress
 
 
 def make_count_fn(logits_fn, mesh):
@@ -22,12 +23,15 @@ def make_count_fn(logits_fn, mesh):
   return jax.jit(counts, out_shardings=mesh_lib.replicated(mesh))
 
 
-def accuracy_from_batches(count_fn, params, batches) -> dict:
+def accuracy_from_batches(count_fn, params, batches, progress: Progress | None = None) -> dict:
   """Sums counts over `batches`; returns {'top1', 'top5', 'count'}."""
   total = {"correct1": 0, "correct5": 0, "count": 0}
   for batch in batches:
-    for k, v in jax.device_get(count_fn(params, batch)).items():
+    counts = jax.device_get(count_fn(params, batch))
+    for k, v in counts.items():
       total[k] += int(v)
+    if progress is not None:
+      progress.update(int(counts["count"]))
   n = max(total["count"], 1)
   return {"top1": total["correct1"] / n, "top5": total["correct5"] / n, "count": total["count"]}
 
@@ -39,7 +43,9 @@ def evaluate_classifier(count_fn, params, data_cfg, *, image_size: int, batch_si
   batches = data_lib.build_eval_iterator(
       data_cfg, image_size=image_size, global_batch_size=round_up(batch_size, mesh.size),
       mesh=mesh, split=split)
-  return accuracy_from_batches(count_fn, params, batches)
+  split = split or data_cfg.eval_split
+  progress = Progress(f"accuracy on {split}", total=data_lib.num_examples(data_cfg, split))
+  return accuracy_from_batches(count_fn, params, batches, progress)
 
 
 @register("accuracy")

@@ -19,6 +19,7 @@ from maelite_jax import data as data_lib
 from maelite_jax.models.mae import encoder_module
 from maelite_jax.train import mesh as mesh_lib
 from maelite_jax.utils.arrays import round_up
+from maelite_jax.utils.logs import Progress
 
 POOLS = ("token", "avg")
 
@@ -60,12 +61,16 @@ def extract_features(fn, params, data_cfg, *, image_size: int, batch_size: int, 
   step = jax.jit(lambda p, b: (fn(p, b["image"]), b["label"], b["mask"]),
                  out_shardings=mesh_lib.replicated(mesh))
   feats, labels = [], []
+  split_name = split or data_cfg.eval_split
+  meter = Progress(f"{progress or 'features'}: features of {split_name}",
+                   total=data_lib.num_examples(data_cfg, split_name))
   for batch in data_lib.build_eval_iterator(data_cfg, image_size=image_size,
                                             global_batch_size=batch_size, mesh=mesh, split=split):
     f, y, m = jax.device_get(step(params, batch))
     keep = np.asarray(m) > 0
     feats.append(np.asarray(f)[keep])
     labels.append(np.asarray(y)[keep])
+    meter.update(int(keep.sum()))
   out = np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int32)
   if progress:
     logging.info("%s: features of %d images of %s", progress, len(out[1]),

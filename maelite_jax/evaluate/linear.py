@@ -18,6 +18,7 @@ from maelite_jax.evaluate.base import register
 from maelite_jax.evaluate.frozen import FrozenFeatureEvaluator
 from maelite_jax.objectives.classification import topk_correct
 from maelite_jax.train import optim
+from maelite_jax.utils.logs import Progress
 
 BN_EPS = 1e-6
 
@@ -77,9 +78,11 @@ def train_linear_probe(train_x, train_y, num_classes: int, optim_cfg, *, epochs:
     return carry, losses.mean()
 
   carry, history = (head, opt_state), []
+  progress = Progress("linear probe", total=num_epochs, unit="epochs")
   for e in range(num_epochs):
     carry, loss = epoch(carry, jax.random.fold_in(rng_perm, e))
     history.append(float(loss))
+    progress.update(1)
   return jax.device_get(carry[0]), (mean, scale), history
 
 

@@ -12,13 +12,11 @@ import os
 import jax
 from absl import logging
 
-from maelite_jax.analysis.reconstruction import save_reconstruction_grid
+from maelite_jax.analysis.reconstruction import figure_title, save_reconstruction_grid
 from maelite_jax.analysis.plots import figure_array
 from maelite_jax.evaluate.base import Evaluator, Result, host_params, publish_figure, register
 from maelite_jax.objectives import mae as mae_obj
 from maelite_jax.utils.errors import ConfigError
-
-TITLES = {"mae": "MAE", "dmae": "D-MAE"}
 
 
 @register("reconstruction")
@@ -44,8 +42,7 @@ class ReconstructionEvaluator(Evaluator):
     if jax.process_index() != 0:  # one figure per run; metrics are written by process 0 only
       return Result()
     path = os.path.join(self.workdir, f"reconstruction_step{step:07d}.png")
-    run = os.path.basename(os.path.abspath(self.workdir))
-    title = f"{TITLES.get(self.model.name, self.model.name)} {run}, step {step}"
+    title = figure_title(self.model.name, os.path.abspath(self.workdir), step)
     data = self.run_config.data
     _, err = save_reconstruction_grid(
         path, images=images, pred=pred, mask=mask, patch_size=mae.patch_size,

@@ -22,6 +22,7 @@ from maelite_jax.evaluate.base import (Evaluator, Result, host_params, publish_f
                                        register)
 from maelite_jax.utils.arrays import round_up
 from maelite_jax.utils.errors import ConfigError
+from maelite_jax.utils.logs import Progress
 
 IGNORE_LABEL = 255
 
@@ -87,7 +88,8 @@ def make_update_fn(predict_fn, num_classes: int, mesh, ignore_label: int = IGNOR
   return jax.jit(update, out_shardings=mesh_lib.replicated(mesh), donate_argnums=0)
 
 
-def accumulate(update_fn, params, batches, num_classes: int, flush_every: int = 64) -> np.ndarray:
+def accumulate(update_fn, params, batches, num_classes: int, flush_every: int = 64,
+               progress: Progress | None = None) -> np.ndarray:
   """Sums the confusion matrix over `batches` (int64 on the host). The device keeps an int32
   running sum for `flush_every` batches, so the host reads it rarely and nothing overflows."""
   total = np.zeros((num_classes, num_classes), np.int64)
@@ -96,6 +98,8 @@ def accumulate(update_fn, params, batches, num_classes: int, flush_every: int = 
     if conf is None:
       conf = jnp.zeros((num_classes, num_classes), jnp.int32)
     conf = update_fn(conf, params, batch)
+    if progress is not None:  # padded batches: the count may overshoot by < one batch
+      progress.update(batch["mask"].shape[0])
     if (i + 1) % flush_every == 0:
       total += np.asarray(jax.device_get(conf), np.int64)
       conf = None
@@ -135,11 +139,13 @@ class SegmentationEvaluator(Evaluator):
   def confusion(self, params, split=None) -> np.ndarray:
     """(C, C) int64 confusion matrix of `params` over a whole split (default cfg.split)."""
     from maelite_jax import data as data_lib
+    split = split or self.cfg.split or self.run_config.data.eval_split
     batches = data_lib.build_eval_iterator(
-        self.run_config.data, image_size=self.canvas, mesh=self.mesh,
-        split=split or self.cfg.split or None,
+        self.run_config.data, image_size=self.canvas, mesh=self.mesh, split=split,
         global_batch_size=round_up(self.cfg.batch_size, self.mesh.size))
-    return accumulate(self.update_fn, params, batches, self.num_classes)
+    progress = Progress(f"mIoU on {split}",
+                        total=data_lib.num_examples(self.run_config.data, split))
+    return accumulate(self.update_fn, params, batches, self.num_classes, progress=progress)
 
   def class_names(self) -> list[str]:
     from maelite_jax import data as data_lib

@@ -38,21 +38,26 @@ def run_sweep(config, workdir: str, devices=None) -> dict:
   """Runs the grid (and the best point's final run); returns {'grid': rows, 'best': row, ...}."""
   from maelite_jax.run import train_and_evaluate
   rows = []
-  for lr in config.sweep.base_lrs:
-    for decay in config.sweep.layer_decays:
-      name = point_name(lr, decay)
-      final = train_and_evaluate(point_config(config, lr, decay, validation=True),
-                                 os.path.join(workdir, name), devices)
-      rows.append({"name": name, "base_lr": lr, "layer_decay": decay,
-                   "val_top1": final.get("best_top1", final.get("top1", 0.0)),
-                   "val_top1_last": final.get("top1", 0.0)})
-      logging.info("sweep %s: val top-1 %.4f", name, rows[-1]["val_top1"])
+  grid = [(lr, decay) for lr in config.sweep.base_lrs for decay in config.sweep.layer_decays]
+  for i, (lr, decay) in enumerate(grid):
+    name = point_name(lr, decay)
+    logging.info("sweep point %d / %d: %s (base lr %g, layer decay %g), trained on %s, "
+                 "chosen on %s", i + 1, len(grid), name, lr, decay, config.sweep.train_split,
+                 config.sweep.val_split)
+    final = train_and_evaluate(point_config(config, lr, decay, validation=True),
+                               os.path.join(workdir, name), devices)
+    rows.append({"name": name, "base_lr": lr, "layer_decay": decay,
+                 "val_top1": final.get("best_top1", final.get("top1", 0.0)),
+                 "val_top1_last": final.get("top1", 0.0)})
+    logging.info("sweep %s: val top-1 %.4f", name, rows[-1]["val_top1"])
   best = max(rows, key=lambda r: r["val_top1"])
   _write_grid(workdir, rows, best)
   out = {"grid": rows, "best": best}
   if config.sweep.rerun_best:
     cfg = point_config(config, best["base_lr"], best["layer_decay"], validation=False)
     cfg.protocol = f"{config.protocol}-swept"
+    logging.info("sweep: %s chosen; training it on %s and testing on %s", best["name"],
+                 config.data.train_split, config.data.eval_split)
     out["test"] = train_and_evaluate(cfg, os.path.join(workdir, "best_run"), devices)
     rows = [r for r in results.read_rows(os.path.join(workdir, "best_run"))
             if r["protocol"] == cfg.protocol]

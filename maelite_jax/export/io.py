@@ -23,6 +23,43 @@ def is_pth(path: str) -> bool:
   return bool(re.search(r"\.(pth|pt|bin)(\.tar)?$", path))
 
 
+def stem(path: str) -> str:
+  """The weight file's name without its extension: the exporter writes STEM.safetensors,
+  STEM.pth (when asked) and STEM.json side by side."""
+  return re.sub(r"\.(safetensors|pth(\.tar)?|pt|bin)$", "", path)
+
+
+def read_export_info(path: str) -> tuple[dict | None, dict, str]:
+  """(the exporter's JSON of model arguments or None, hints, JSON path) for a weight file.
+
+  The JSON is STEM.json next to the weights (what scripts/export_torch.py writes); hints come
+  from the safetensors metadata of STEM.safetensors when present: 'format', 'model' (our
+  registry name), 'posemb', 'trainable_pos_embed'. A JSON that is not the exporter's (no
+  'img_size') is ignored.
+  """
+  import json
+  base = stem(os.path.expanduser(path))
+  json_path = base + ".json"
+  args = None
+  if os.path.exists(json_path):
+    with open(json_path) as f:
+      try:
+        args = json.load(f)
+      except ValueError:
+        args = None
+    if not isinstance(args, dict) or "img_size" not in args:
+      args = None
+  hints = {}
+  if os.path.exists(base + ".safetensors"):
+    from safetensors import safe_open
+    with safe_open(base + ".safetensors", "np") as f:
+      meta = f.metadata() or {}
+    hints = {k: meta[k] for k in ("format", "model", "posemb") if meta.get(k)}
+    if meta.get("trainable_pos_embed") in ("true", "false"):
+      hints["trainable_pos_embed"] = meta["trainable_pos_embed"] == "true"
+  return args, hints, json_path
+
+
 def to_numpy(value) -> np.ndarray:
   """A torch tensor, numpy or jax array as numpy; floats (bfloat16 included) become float32."""
   if hasattr(value, "detach"):  # torch.Tensor, without importing torch

@@ -258,3 +258,40 @@ def mae_model_args(model) -> dict:
   names = ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "decoder_embed_dim",
            "decoder_depth", "decoder_num_heads", "mlp_ratio")
   return {"img_size": model.image_size, **{n: getattr(model, n) for n in names}}
+
+
+_VIT_BY_WIDTH = {192: "vit_tiny_patch16", 384: "vit_small_patch16", 768: "vit_base_patch16"}
+# The exporter's JSON keys -> our constructor arguments (timm_model_args / mae_model_args).
+_ARG_NAMES = {"img_size": "image_size", "patch_size": "patch_size", "in_chans": "in_chans",
+              "embed_dim": "embed_dim", "depth": "depth", "num_heads": "num_heads",
+              "mlp_ratio": "mlp_ratio", "num_classes": "num_classes",
+              "global_pool": "global_pool", "decoder_embed_dim": "decoder_embed_dim",
+              "decoder_depth": "decoder_depth", "decoder_num_heads": "decoder_num_heads"}
+
+
+def model_from_export_args(args: Mapping[str, Any], hints: Mapping[str, Any] | None = None
+                           ) -> tuple[str, str, dict]:
+  """(format, registry name, constructor kwargs) from the JSON the exporter writes next to the
+  weights (timm_model_args or mae_model_args) and the file's own hints (export writes the
+  source model's name, position-table layout and trainability into the safetensors metadata).
+
+  What the JSON cannot say is inferred as the exporter decided it: a 'timm' export with a head
+  (num_classes > 0) is a fine-tuned classifier, whose position table is trainable.
+  """
+  hints = dict(hints or {})
+  fmt = hints.get("format") or ("mae" if "decoder_embed_dim" in args else "timm")
+  _check_format(fmt)
+  kwargs = {ours: args[theirs] for theirs, ours in _ARG_NAMES.items() if theirs in args}
+  if fmt == "mae":
+    kwargs.pop("num_classes", None)
+    kwargs.pop("global_pool", None)
+  name = hints.get("model") or _VIT_BY_WIDTH.get(int(args.get("embed_dim", 0)), "")
+  if fmt == "mae" and name and not name.startswith("mae_"):
+    name = "mae_" + name
+  if fmt == "timm":
+    name = name[len("mae_"):] if name.startswith("mae_") else name
+    kwargs["trainable_pos_embed"] = bool(hints.get("trainable_pos_embed",
+                                                   int(args.get("num_classes", 0)) > 0))
+  if hints.get("posemb"):
+    kwargs["posemb"] = hints["posemb"]
+  return fmt, name, kwargs

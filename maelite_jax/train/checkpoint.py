@@ -18,8 +18,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from maelite_jax.models.meta import CheckpointMeta, encoder_from_meta
 from maelite_jax.train.mesh import path_str
@@ -97,9 +99,28 @@ def fingerprint(tree) -> dict:
   return jax.tree_util.tree_map_with_path(lambda p, x: leaf(x), tree)
 
 
+def _host_leaf_fingerprint(x) -> np.uint32:
+  """fingerprint() of one host array in numpy: uint32 products and sums wrap around exactly as
+  XLA's do, so the value is the same."""
+  x = np.ravel(np.asarray(x))
+  if x.dtype == np.bool_:
+    bits = x.astype(np.uint32)
+  elif x.dtype.itemsize <= 4 and (np.issubdtype(x.dtype, np.number) or x.dtype.kind == "V"):
+    bits = x.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[x.dtype.itemsize]).astype(np.uint32)
+  else:
+    return np.uint32(0)
+  mix = np.arange(x.size, dtype=np.uint32) * np.uint32(2654435761) + np.uint32(0x9E3779B9)
+  return np.sum(bits * mix, dtype=np.uint32)
+
+
 def fingerprint_json(tree) -> dict:
-  """{leaf path: checksum} for the checkpoint's meta (JSON)."""
-  sums = jax.device_get(fingerprint(tree))
+  """{leaf path: checksum} for the checkpoint's meta (JSON). Host (numpy) trees, such as the
+  weights load_params reads for export, evaluation, analysis or an init, are summed in numpy:
+  jitting fingerprint() over a few hundred leaves costs seconds of compilation per tool run."""
+  if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(tree)):
+    sums = jax.tree.map(_host_leaf_fingerprint, tree)
+  else:
+    sums = jax.device_get(fingerprint(tree))
   return {path_str(p): int(v) for p, v in jax.tree_util.tree_flatten_with_path(sums)[0]}
 
 
@@ -203,6 +224,11 @@ def _read_meta(step_dir: str) -> dict:
     return json.load(f)
 
 
+def checkpoint_step(path: str) -> int:
+  """The step of the checkpoint a path names (a workdir's latest, or the step folder's)."""
+  return _resolve(path)[1]
+
+
 def load_meta(path: str) -> dict:
   """Only the meta JSON (model name and arguments) of a checkpoint: cheap config checks."""
   ckpt_dir, step = _resolve(path)
@@ -215,7 +241,13 @@ def load_params(path: str) -> tuple[Any, dict]:
   step_dir = os.path.join(ckpt_dir, str(step))
   meta = _read_meta(step_dir)
   checkpointer = ocp.PyTreeCheckpointer()
-  tree_meta = checkpointer.metadata(os.path.join(step_dir, "state")).item_metadata
+  # The item's own metadata, read by its handler: `checkpointer.metadata()` would look for the
+  # step-level _CHECKPOINT_METADATA inside state/ (it lives one level up) and warn about it.
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    tree_meta = handler.metadata(epath.Path(step_dir) / "state")
+  finally:
+    handler.close()
   if "params" not in tree_meta:
     raise CheckpointError(f"checkpoint {step_dir} has no 'params' entry (found "
                           f"{list(tree_meta)}): it was not written by this project.")
@@ -229,7 +261,6 @@ def load_params(path: str) -> tuple[Any, dict]:
 
 
 def _np_restore_arg(_):
-  import numpy as np  # local: only needed here
   return ocp.RestoreArgs(restore_type=np.ndarray)
 
 

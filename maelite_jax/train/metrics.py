@@ -154,5 +154,27 @@ class MetricsLogger:
       self.jsonl.close()
 
 
+def event_writer(workdir: str):
+  """TensorBoard events in the workdir (clu's SummaryWriter; process 0 only, None elsewhere):
+  the offline protocols and the analysis show up next to training runs in `tensorboard`."""
+  if jax.process_index() != 0:
+    return None
+  os.makedirs(workdir, exist_ok=True)
+  return metric_writers.SummaryWriter(workdir)
+
+
+def write_events(writer, step: int, scalars: dict, images: dict) -> None:
+  """Scalars (0-d values only) and {name: uint8 (H, W, 3)} images at `step`."""
+  if writer is None:
+    return
+  scalars = {k: float(v) for k, v in scalars.items() if np.ndim(v) == 0}
+  if scalars:
+    writer.write_scalars(step, scalars)
+  images = {k: np.asarray(v)[None] for k, v in images.items() if v is not None}
+  if images:
+    writer.write_images(step, images)
+  writer.flush()
+
+
 def _fmt(scalars: dict) -> str:
   return "  ".join(f"{k} {v:.4g}" for k, v in scalars.items() if k != "images_per_s")

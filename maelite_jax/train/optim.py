@@ -5,6 +5,7 @@ parameters)."""
 import re
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from maelite_jax.train.layer_decay import encoder_depth, layer_decay_multipliers
@@ -34,9 +35,20 @@ def lr_schedule(optim_cfg, global_batch: int, total_steps: int, warmup_steps: in
       return poly
     warm = optax.linear_schedule(optim_cfg.warmup_init_lr, peak, warmup_steps)
     return optax.join_schedules([warm, poly], [warmup_steps])
+  if warmup_steps <= 0:  # optax would add a 0-step linear piece and log about it at every start
+    return _cosine(peak, optim_cfg.min_lr, max(total_steps, 1))
   return optax.warmup_cosine_decay_schedule(
       init_value=optim_cfg.warmup_init_lr, peak_value=peak, warmup_steps=warmup_steps,
       decay_steps=max(total_steps, warmup_steps + 1), end_value=optim_cfg.min_lr)
+
+
+def _cosine(peak: float, end: float, decay_steps: int):
+  """Half-cosine from `peak` at step 0 to `end` at `decay_steps` (then flat): what optax's
+  warmup_cosine_decay_schedule is with warmup_steps=0, without its 0-step warm-up piece."""
+  def schedule(count):
+    t = jnp.minimum(jnp.asarray(count, jnp.float32), decay_steps) / decay_steps
+    return end + (peak - end) * 0.5 * (1 + jnp.cos(jnp.pi * t))
+  return schedule
 
 
 def weight_decay_mask(params, no_decay_regex: str = "", decay_all: bool = False):

@@ -37,6 +37,9 @@ _CACHE = flags.DEFINE_bool(
 _CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir", None, "where the compilation cache lives (default: "
     f"${compile_cache.ENV_DIR}, else ~/.cache/maelite_jax/jax_cache)")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "check the command line and exit: flag names and values, the config file "
+    "and its :variant, every --config.* override (nothing is read, trained or written)")
 
 
 def define_flags(config_help: str, workdir_help: str = "where checkpoints, metrics and results "
@@ -93,6 +96,11 @@ def run(main, flags_parser=None, verbosity=logging.INFO):
 
   def wrapped(argv):
     started["main"] = True
+    if _DRY_RUN.value:  # the flags (and --config with its overrides) parsed: the line is valid
+      if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+      print("dry run: the command line is valid; nothing was run", flush=True)
+      return 0
     try:
       compile_cache.setup(_CACHE.value, _CACHE_DIR.value)  # before anything compiles
       return main(argv)
