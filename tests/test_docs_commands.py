@@ -98,9 +98,6 @@ MAKE_TARGETS = {
 # Documented lines known to be wrong, with the reason: they must still fail (strict xfail), so
 # the entry goes when the line is fixed. An entry that matches no documented line is inert.
 BROKEN = {
-    "python scripts/evaluate.py --init DIR --workdir DIR":
-        "evaluate.py takes --config / --config.init / --finetune_config (issue 24, item 2); the "
-        "README line predates that",
 }
 
 # config file -> [(documented variant pattern, variant to run, overrides)]: the first entry whose

@@ -237,3 +237,114 @@ def test_block_backward_reads_token_activations_in_place_on_cpu():
   grad = jax.jit(jax.grad(lambda p, x: jnp.sum(mlp.apply(p, x) ** 2)))
   hlo = grad.lower(params, x).compile().as_text()
   assert " transpose(" not in hlo and "copy_bitcast" not in hlo, hlo
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused attention (jax.nn.dot_product_attention) with the sequence padded and the padding masked
+
+
+def _value_and_grads(model, params, x):
+  """Loss and gradients w.r.t. params and input of sum(out^2): every path of the backward."""
+  fn = lambda p, x: (model.apply(p, x)[0].astype(jnp.float32)**2).sum() * 1e-3
+  return jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))(params, x)
+
+
+def _assert_close_tree(a, b, rtol, atol):
+  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    u, v = np.asarray(u, np.float32), np.asarray(v, np.float32)
+    assert np.isfinite(u).all()
+    np.testing.assert_allclose(u, v, rtol=rtol, atol=atol * np.abs(v).max())
+
+
+def test_attention_length_pads_odd_sequences_for_cudnn_only():
+  from maelite_jax.models.vit import attention_length
+  assert attention_length(197, "cudnn") == 200  # the MAE decoder's / MoCo-v3's tokens
+  assert attention_length(50, "cudnn") == 50    # the MAE encoder's: even, as they are
+  assert attention_length(197, "xla") == 197
+  assert attention_length(197, "xla", pad=64) == 256 and attention_length(50, "cudnn", 64) == 64
+  assert attention_length(64, "cudnn", 64) == 64
+
+
+@pytest.mark.parametrize("tokens,pad", [(197, 8), (197, 64), (50, 64), (65, 0)])
+def test_padded_fused_attention_equals_einsum(tokens, pad):
+  # The padding path cuDNN runs (zero-padded tokens, key_value_seq_lengths, padded query rows
+  # cut off), run here with XLA's kernel: outputs and gradients equal the einsum path (fp32).
+  from maelite_jax.models.vit import Attention
+  x = jax.random.normal(jax.random.key(0), (2, tokens, 32))
+  ref = Attention(2, attention_impl="einsum")
+  fused = Attention(2, attention_impl="xla", attention_pad=pad)
+  params = ref.init(jax.random.key(1), x)
+  jaxpr = str(jax.make_jaxpr(lambda p: fused.apply(p, x))(params))
+  assert ("pad[" in jaxpr) == (pad > 0)  # the padding path really runs (or not)
+  (l_ref, g_ref), (l_new, g_new) = (_value_and_grads(m, params, x) for m in (ref, fused))
+  np.testing.assert_allclose(l_new, l_ref, rtol=1e-5)
+  _assert_close_tree(g_new, g_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_mae_with_padded_fused_attention_and_bfloat16_track_the_float32_einsum_loss():
+  # The whole MAE (encoder on 17 kept tokens, decoder on 65: both odd) with padding to 8 gives
+  # the einsum path's loss (gradients: the Attention test above); bf16 compute (MAE-Lite's AMP)
+  # keeps fp32 params and gradients and its loss within 1 %. Forward passes only, one compile.
+  kw = dict(image_size=32, patch_size=4, depth=1, embed_dim=32, num_heads=2,
+            decoder_embed_dim=16, decoder_num_heads=2)
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  noise = jax.random.uniform(jax.random.key(1), (2, 64))
+  ref = create_model("mae_vit_tiny_patch16", **kw)
+  fused = create_model("mae_vit_tiny_patch16", **kw, attention_impl="xla", attention_pad=8)
+  bf16 = create_model("mae_vit_tiny_patch16", **kw, dtype=jnp.bfloat16)
+  params = jax.jit(lambda: ref.init(jax.random.key(2), x, noise))()["params"]
+  loss = lambda m, p: mae_forward_loss(m, p, x, noise, norm_pix_loss=True)[0]
+  jaxpr = str(jax.make_jaxpr(lambda p: loss(fused, p))(params))
+  assert jaxpr.count("pad[") == 2  # the encoder's block and the decoder's block pad
+  l_ref, l_fused, l_bf16 = jax.jit(lambda p: [loss(m, p) for m in (ref, fused, bf16)])(params)
+  np.testing.assert_allclose(l_fused, l_ref, rtol=1e-5)
+  np.testing.assert_allclose(l_bf16, l_ref, rtol=1e-2)
+  assert l_bf16 != l_ref  # bf16 really computed
+  bf16_params = jax.eval_shape(lambda: bf16.init(jax.random.key(2), x, noise))["params"]
+  grads = jax.eval_shape(jax.grad(lambda p: loss(bf16, p)), params)
+  for tree in (bf16_params, grads):
+    assert {p.dtype for p in jax.tree.leaves(tree)} == {jnp.dtype(jnp.float32)}
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a CUDA GPU "
+                    "(MAELITE_TEST_PLATFORM=gpu pytest -k cudnn; or scripts/gpu_bench.sh)")
+@pytest.mark.parametrize("tokens,pad", [(50, 0), (197, 0), (197, 64), (65, 0)])
+def test_cudnn_attention_equals_einsum_on_gpu(tokens, pad):
+  # bf16 (cuDNN computes in bf16/fp16): the cuDNN kernel against the einsum path in the same
+  # dtype, and both against fp32; gradients finite (cuDNN's backward gave NaNs for some padded
+  # lengths) and close.
+  from maelite_jax.models.vit import Attention
+  x = jax.random.normal(jax.random.key(0), (8, tokens, 192))
+  ref32 = Attention(12, attention_impl="einsum")
+  ref = Attention(12, dtype=jnp.bfloat16, attention_impl="einsum")
+  cudnn = Attention(12, dtype=jnp.bfloat16, attention_impl="cudnn", attention_pad=pad)
+  params = ref32.init(jax.random.key(1), x)
+  hlo = jax.jit(lambda p: cudnn.apply(p, x)[0]).lower(params).compile().as_text()
+  assert "cudnn" in hlo.lower()  # the fused kernel really runs
+  (l32, g32), (l_ref, g_ref), (l_new, g_new) = (_value_and_grads(m, params, x)
+                                                for m in (ref32, ref, cudnn))
+  np.testing.assert_allclose(l_new, l32, rtol=2e-2)
+  np.testing.assert_allclose(l_new, l_ref, rtol=2e-2)
+  _assert_close_tree(g_new, g32, rtol=5e-2, atol=5e-2)
+
+
+def test_model_spec_runs_cudnn_attention_as_xla_off_gpu():
+  # A checkpoint trained with cuDNN attention on a GPU is evaluated / exported on a CPU.
+  from maelite_jax.models.meta import ModelSpec
+  spec = ModelSpec("vit_tiny_patch16", {"attention_impl": "cudnn", "dtype": "auto"})
+  kwargs = spec.module_kwargs()
+  if jax.default_backend() != "gpu":
+    assert kwargs["attention_impl"] == "xla" and kwargs["dtype"] == jnp.float32
+
+
+def test_auto_dtype_is_bfloat16_on_accelerators_float32_on_cpu(monkeypatch):
+  from maelite_jax.models.meta import CheckpointMeta, ModelSpec, encoder_from_meta, resolve_dtype
+  assert resolve_dtype("auto", "gpu") == jnp.bfloat16 == resolve_dtype("auto", "tpu")
+  assert resolve_dtype("auto", "cpu") == jnp.float32
+  assert resolve_dtype("float32", "gpu") == jnp.float32
+  # a checkpoint's 'auto' resolves where it is loaded (evaluation, analysis, D-MAE teachers)
+  meta = CheckpointMeta(ModelSpec("mae_vit_tiny_patch16", {"dtype": "auto", "depth": 1}))
+  assert encoder_from_meta(meta, {})[0].dtype == jnp.float32
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert encoder_from_meta(meta, {})[0].dtype == jnp.bfloat16
+  assert meta.model.build().dtype == jnp.bfloat16

@@ -101,6 +101,10 @@ def test_schedule_lengths_keep_warmup_fraction():
     ("micro_batch_size", 12, "does not divide batch_size"),
     ("data.dataset", "no_such_dataset_xyz", "config.data"),
     ("init", "/nonexistent/ckpt", "does not exist"),
+    ("model.attention_impl", "cudnn", "needs a CUDA GPU"),
+    ("model.attention_pad", -8, "not an integer >= 0"),
+    ("xla_options", "--xla_gpu_no_such_option=1", "No such compile option"),
+    ("xla_options", "--xla_gpu_enable_triton_gemm=maybe", "not a valid bool"),
 ])
 def test_bad_config_fails_before_compilation_with_a_named_key(key, value, match, tmp_path):
   with pytest.raises(ConfigError, match=match):
@@ -177,3 +181,32 @@ def test_a_new_objective_plugs_in_with_one_class(tmp_path):
   losses = read_losses(str(tmp_path))
   assert sorted(losses) == [1, 2, 3] and all(np.isfinite(v) for v in losses.values())
   assert load_meta(str(tmp_path))["objective"] == "toy_rotation"
+
+
+def test_xla_options_reach_the_train_step_compilation():
+  # config.xla_options goes to XLA with the train step (not only to validation): a value XLA
+  # rejects, put past validation, fails the step's compilation naming the option. GPU options
+  # parse on every backend (and do nothing on CPU), so the check is the same everywhere.
+  from maelite_jax.tasks import registry
+  from maelite_jax.train import mesh as mesh_lib
+  from maelite_jax.train.program import StepProgram
+  from maelite_jax.train.step import parse_xla_options
+  assert parse_xla_options("--xla_gpu_enable_triton_gemm=false xla_gpu_autotune_level=4 "
+                           "--xla_gpu_enable_command_buffer=") == {
+      "xla_gpu_enable_triton_gemm": False, "xla_gpu_autotune_level": "4",
+      "xla_gpu_enable_command_buffer": ""}
+  assert parse_xla_options("gpu --xla_gpu_autotune_level=2") == {
+      "xla_gpu_triton_gemm_any": True, "xla_gpu_enable_latency_hiding_scheduler": True,
+      "xla_gpu_autotune_level": "2"}
+  config = tiny_config(xla_options="--xla_gpu_enable_triton_gemm=maybe")
+  mesh = mesh_lib.make_mesh(jax.devices()[:1])
+  program = StepProgram(config, registry.build(config), mesh, total_steps=4, warmup_steps=1)
+  state = program.abstract_state
+  s = config.model.image_size
+  batch = {"image": jax.ShapeDtypeStruct((config.batch_size, s, s, 3), jnp.float32,
+                                         sharding=mesh_lib.batch_sharding(mesh)),
+           "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32,
+                                         sharding=mesh_lib.batch_sharding(mesh))}
+  lowered = program.train_step.lower(state, batch, program.frozen)
+  with pytest.raises(Exception, match="xla_gpu_enable_triton_gemm"):
+    lowered.compile()

@@ -2,10 +2,12 @@
 bench/pipeline.py).
 
 The step is the training loop's own (train/program.py's StepProgram: the objective from the
-registry, the optimizer with its lr factors, the non-finite guard, jitted with shardings and
-donation), run on synthetic device data, so the input pipeline is measured separately and the
-slower of the two is visible. FLOPs: analytic model FLOPs where known, else XLA's cost analysis
-of the compiled step (which leaves out cuBLAS matmuls on GPU); MFU = FLOPs / step time / peak.
+registry, the optimizer with its lr factors, the non-finite guard, jitted with shardings,
+donation and config.xla_options), run on synthetic data made on the devices, so the input
+pipeline is measured separately and the slower of the two is visible. FLOPs and bytes per image
+are counted analytically (bench/accounting.py: MAE, D-MAE, MoCo-v3); XLA's cost analysis of the
+compiled step (which leaves out cuBLAS matmuls on GPU) is recorded next to them. MFU = analytic
+FLOPs / step time / peak; the traffic ceiling = HBM bandwidth / analytic bytes per image.
 """
 
 import resource
@@ -16,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maelite_jax.models.mae import num_kept
+from maelite_jax.bench import accounting
+from maelite_jax.bench.accounting import mae_train_flops, vit_forward_flops  # noqa: F401
 from maelite_jax.train import mesh as mesh_lib
 
 # Dense peak FLOP/s per chip (bf16; fp32 matmuls on GPU run as TF32 by default in XLA).
@@ -41,32 +44,59 @@ def peak_memory_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _flops(compiled) -> float | None:
+def _cost(compiled) -> dict:
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
-  return float(cost.get("flops", 0.0)) or None if cost else None
+  return cost or {}
 
 
-def vit_forward_flops(tokens: int, dim: int, depth: int, mlp_ratio: float = 4.0) -> float:
-  """Matmul FLOPs (2 per multiply-add) of `depth` pre-norm blocks on `tokens` tokens."""
-  dense = 2 * tokens * (4 * dim * dim + 2 * mlp_ratio * dim * dim)  # qkv + proj + fc1 + fc2
-  attention = 2 * 2 * tokens * tokens * dim  # q k^T and attn v
-  return depth * (dense + attention)
+def model_accounting(objective, program, state, config) -> dict:
+  """bench/accounting.py's analytic FLOPs and bytes per image for this step's objective, from
+  the built modules' shapes (so config overrides of depth, width or size are counted)."""
+  name = objective.name
+  if name not in ("mae", "dmae", "mocov3"):
+    return {}
+  fields = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "decoder_embed_dim",
+            "decoder_depth", "decoder_num_heads")
+  model = {f: getattr(objective.model, f) for f in fields if hasattr(objective.model, f)}
+  fused = objective.model.attention_impl == "cudnn"
+  act_bytes = jnp.dtype(objective.model.dtype).itemsize
+  params = {"trained": accounting.count_params(state.params),
+            "frozen": accounting.count_params(program.frozen),
+            "momentum": accounting.count_params(state.extra.get("momentum", {}))}
+  kw = dict(objective=name, model=model, image_size=config.model.image_size,
+            batch=config.batch_size, act_bytes=act_bytes, fused_attention=fused, params=params)
+  if name in ("mae", "dmae"):
+    kw["mask_ratio"] = config.model.mask_ratio
+  if name == "dmae":
+    t = objective.teacher
+    kw["teacher"] = {f: getattr(t, f) for f in fields[:5]}
+    kw["distill"] = {"attn_layers": tuple(u for _, u in objective.attn_pairs),
+                     "hidden_layers": tuple(u for _, u in objective.hidden_pairs)}
+  if name == "mocov3":
+    kw["heads"] = {"mlp_dim": objective.projector.hidden_dim, "dim": objective.projector.out_dim}
+  return accounting.per_image(**kw)
 
 
-def mae_train_flops(kw: dict, image_size: int, mask_ratio: float = 0.75) -> float:
-  """Model FLOPs of one MAE training example: 3 x forward (backward costs two forwards)."""
-  n = (image_size // kw["patch_size"])**2
-  keep = num_kept(n, mask_ratio)
-  patch_dim = kw["patch_size"]**2 * 3
-  fwd = 2 * keep * patch_dim * kw["embed_dim"]  # patch embedding of the kept patches only
-  fwd += vit_forward_flops(1 + keep, kw["embed_dim"], kw["depth"], kw.get("mlp_ratio", 4.0))
-  fwd += 2 * (1 + keep) * kw["embed_dim"] * kw["decoder_embed_dim"]
-  fwd += vit_forward_flops(1 + n, kw["decoder_embed_dim"], kw["decoder_depth"],
-                           kw.get("mlp_ratio", 4.0))
-  fwd += 2 * (n - keep) * kw["decoder_embed_dim"] * patch_dim  # head on the masked patches
-  return 3.0 * fwd
+def synthetic_batch(config, mesh):
+  """A fixed random batch made on the devices in its sharding: at batch 4096 and 224 px the
+  images are 2.5 GB per view, which numpy would take seconds to draw and copy."""
+  b, s = config.batch_size, config.model.image_size
+  shapes = {"image": (b, s, s, 3)}
+  if config.data.view2_ops:
+    shapes["image2"] = (b, s, s, 3)
+
+  def make(key):
+    keys = jax.random.split(key, len(shapes) + 1)
+    out = {k: jax.random.normal(r, shape, jnp.float32)
+           for r, (k, shape) in zip(keys, shapes.items())}
+    out["label"] = jax.random.randint(keys[-1], (b,), 0, 10, jnp.int32)
+    return out
+
+  sharding = mesh_lib.batch_sharding(mesh)
+  return jax.jit(make, out_shardings={k: sharding for k in (*shapes, "label")})(
+      jax.random.key(0))
 
 
 # Tokens per micro-batch that keep a ViT-Tiny block's activations (8 x 50 x 768 floats, 1.2 MB)
@@ -112,37 +142,54 @@ def prepare_jax_step(config):
   program = StepProgram(config, objective, mesh, total_steps=config.total_steps,
                         warmup_steps=10)
   state = program.init_state(jax.random.key(0))
-  b, s = config.batch_size, config.model.image_size
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.normal(size=(b, s, s, 3)).astype(np.float32),
-           "label": rng.integers(0, 10, size=(b,)).astype(np.int32)}
-  if config.data.view2_ops:
-    batch["image2"] = rng.normal(size=(b, s, s, 3)).astype(np.float32)
-  batch = jax.device_put(batch, mesh_lib.batch_sharding(mesh))
+  batch = synthetic_batch(config, mesh)
   t0 = time.perf_counter()
   compiled = program.train_step.lower(state, batch, program.frozen).compile()
   compile_s = time.perf_counter() - t0
+  counts = model_accounting(objective, program, state, config)
   holder = {"state": state}
 
   def one_step():
     holder["state"], metrics = compiled(holder["state"], batch, program.frozen)
     jax.block_until_ready(metrics)
 
-  model_flops = None
-  if config.objective == "mae":
-    from maelite_jax.models import model_kwargs
-    kw = model_kwargs(config.model.name, patch_size=config.model.patch_size)
-    model_flops = b * mae_train_flops(kw, s, config.model.mask_ratio)
+  one_step.hlo_text = compiled.as_text  # for bench/profile.py's categories
+
+  b = config.batch_size
   dev = jax.devices()[0]
-  xla_flops = _flops(compiled)
-  if xla_flops and program.accum > 1:  # XLA counts a loop body once; the loop runs accum x
-    xla_flops *= program.accum
+  cost = _cost(compiled)
+  xla_flops = float(cost.get("flops", 0.0)) or None
+  xla_bytes = float(cost.get("bytes accessed", 0.0)) or None
+  if program.accum > 1:  # XLA counts a loop body once; the loop runs accum x
+    xla_flops = xla_flops and xla_flops * program.accum
+    xla_bytes = xla_bytes and xla_bytes * program.accum
   dtype = jnp.dtype(objective.model.dtype).name
   facts = dict(compile_s=compile_s, xla_flops_per_step=xla_flops,
-               model_flops_per_step=model_flops, devices=mesh.size, compute_dtype=dtype,
-               device=f"{mesh.size}x {dev.device_kind}",
-               peak=peak_flops(dev.device_kind, dtype) if dev.platform == "gpu" else None)
+               xla_bytes_accessed_per_step=xla_bytes,
+               model_flops_per_step=(b * counts["model_flops_per_image"]) if counts else None,
+               devices=mesh.size, compute_dtype=dtype, device=f"{mesh.size}x {dev.device_kind}",
+               device_kind=dev.device_kind, xla_options=config.xla_options,
+               peak=peak_flops(dev.device_kind, dtype) if dev.platform == "gpu" else None,
+               **counts)
   return one_step, facts
+
+
+def profile_steps(one_step, logdir: str, steps: int = 3) -> str:
+  """A jax.profiler trace of `steps` warm steps in logdir (TensorBoard's profile plugin or
+  xprof read it; bench/profile.py summarises it); returns the .xplane.pb written."""
+  import glob
+  import os
+  one_step()  # compiled and warm before the trace starts
+  jax.profiler.start_trace(logdir)
+  try:
+    for i in range(steps):
+      with jax.profiler.StepTraceAnnotation("train", step_num=i):
+        one_step()
+  finally:
+    jax.profiler.stop_trace()
+  files = sorted(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")),
+                 key=os.path.getmtime)
+  return files[-1] if files else ""
 
 
 def jax_step_record(config, facts: dict, times: list[float]) -> dict:
@@ -150,13 +197,23 @@ def jax_step_record(config, facts: dict, times: list[float]) -> dict:
   median = statistics.median(times)
   flops = facts["model_flops_per_step"] or facts["xla_flops_per_step"]
   peak = facts["peak"]
-  return dict(step_time_s_median=median, images_per_s=config.batch_size / median,
-              compile_s=facts["compile_s"], peak_mem_bytes=peak_memory_bytes(),
-              model_flops_per_step=facts["model_flops_per_step"],
-              xla_flops_per_step=facts["xla_flops_per_step"],
-              achieved_tflops=flops / median / 1e12 if flops else None,
-              mfu=(flops / median / (peak * facts["devices"])) if (flops and peak) else None,
-              device=facts["device"])
+  rec = dict(step_time_s_median=median, images_per_s=config.batch_size / median,
+             compile_s=facts["compile_s"], peak_mem_bytes=peak_memory_bytes(),
+             model_flops_per_step=facts["model_flops_per_step"],
+             xla_flops_per_step=facts["xla_flops_per_step"],
+             xla_bytes_accessed_per_step=facts["xla_bytes_accessed_per_step"],
+             achieved_tflops=flops / median / 1e12 if flops else None,
+             mfu=(flops / median / (peak * facts["devices"])) if (flops and peak) else None,
+             device=facts["device"], compute_dtype=facts["compute_dtype"],
+             xla_options=facts["xla_options"])
+  for key in ("model_flops_per_image", "model_bytes_per_image", "activation_bytes_per_image",
+              "param_bytes_per_step", "model_flop_per_byte"):
+    rec[key] = facts.get(key)
+  if facts.get("model_bytes_per_image"):
+    rec["traffic_ceiling_images_per_s"] = accounting.ceiling_images_per_s(
+        facts["model_bytes_per_image"], facts["device_kind"], facts["devices"])
+    rec["achieved_bytes_per_s"] = facts["model_bytes_per_image"] * config.batch_size / median
+  return rec
 
 
 def bench_jax_step(config, *, steps: int = 10, warmup: int = 3) -> dict:

@@ -2,12 +2,18 @@
 
   python scripts/benchmark.py --objective mae --batch 32 --image-size 224 --patch-size 16 \
       --steps 10 --compare-torch --json bench.json [--dtype bfloat16] [--attention cudnn] \
+      [--attention-pad N] [--xla-options '--xla_gpu_...=...'] [--profile DIR] \
       [--scan-blocks] [--remat] [--micro-batch-size N]
 
 Flags take hyphens or underscores alike (--compare-torch = --compare_torch).
 
 One JSON record per measurement: objective, image_size, batch, step_time_s_median,
-images_per_s, compile_s, peak_mem_bytes (+ torch_images_per_s, mfu on GPU).
+images_per_s, compile_s, peak_mem_bytes, compute_dtype, analytic model_flops_per_image and
+model_bytes_per_image (bench/accounting.py) next to XLA's xla_flops_per_step and
+xla_bytes_accessed_per_step, traffic_ceiling_images_per_s on known GPUs (+ torch_images_per_s,
+mfu on GPU, profile: ms per step by category with --profile), and
+how it was taken: date_utc, command, machine (CPU model and cores, accelerator), load_before /
+load_after (1-minute load average; on a shared machine > ~1.5 per 2 cores means noisy times).
 
   python scripts/benchmark.py --pipeline --json pipeline.json
 
@@ -37,6 +43,18 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "untimed steps after compilation")
 _DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
                            "compute dtype ('auto': bfloat16 on GPU/TPU, float32 on CPU)")
 _ATTN = flags.DEFINE_enum("attention", "einsum", ["einsum", "xla", "cudnn"], "attention kernel")
+_ATTN_PAD = flags.DEFINE_integer(
+    "attention_pad", 0, "xla/cudnn attention: pad tokens to a multiple of this, padded keys "
+    "masked (0: cudnn pads odd lengths to a multiple of 8; config.model.attention_pad)")
+_XLA_OPTIONS = flags.DEFINE_string(
+    "xla_options", "", "XLA options of the step, XLA_FLAGS-style (config.xla_options), e.g. "
+    "'--xla_gpu_enable_triton_gemm=false', or a named set of configs/common.py's "
+    "XLA_OPTION_SETS ('gpu')")
+_PROFILE = flags.DEFINE_string(
+    "profile", None, "write a jax.profiler trace of a few warm steps (per measurement) under "
+    "this folder, and its per-category summary (profile_summary.json); open the trace with "
+    "TensorBoard's profile plugin or xprof")
+_PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 3, "steps in each --profile trace")
 _SCAN = flags.DEFINE_bool("scan_blocks", False, "lax.scan over the encoder blocks")
 _REMAT = flags.DEFINE_bool("remat", False, "recompute block activations in the backward pass")
 _FSDP = flags.DEFINE_string("fsdp_regex", "", "FSDP rule (config.fsdp_regex)")
@@ -83,6 +101,8 @@ def make_config(objective, batch, image_size, platform):
     config.model.patch_size = _PATCH.value
     config.model.dtype = _DTYPE.value
     config.model.attention_impl = _ATTN.value
+    config.model.attention_pad = _ATTN_PAD.value
+    config.xla_options = _XLA_OPTIONS.value
     config.model.scan_blocks = _SCAN.value
     config.model.remat = _REMAT.value
     config.fsdp_regex = _FSDP.value
@@ -111,12 +131,28 @@ def random_teacher(name: str, patch_size: int) -> str:
   return path
 
 
+def machine_info() -> str:
+  """'<CPU model>, <n> cores' (Linux's /proc/cpuinfo; the platform's name elsewhere)."""
+  import platform
+  model = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+    model = names[0] if names else model
+  except OSError:
+    pass
+  return f"{model}, {os.cpu_count()} cores"
+
+
 def _main(argv):
-  del argv
   if _PIPELINE.value:
     return _pipeline_main()
+  import datetime
   import jax
   from maelite_jax.bench import step as benchmark
+  run_info = dict(date_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec="seconds"), command=" ".join([os.path.basename(argv[0])] + sys.argv[1:]),
+      machine=machine_info())
   records = []
   for image_size in map(int, _IMAGE.value):
     for batch in map(int, _BATCH.value):
@@ -125,10 +161,11 @@ def _main(argv):
       fns = {}
       fns["jax"], facts = benchmark.prepare_jax_step(config)
       dtype = facts["compute_dtype"]  # 'auto' resolved for this platform
+      load_before = os.getloadavg()[0]
       rec = dict(objective=_OBJECTIVE.value, image_size=image_size, batch=batch,
                  patch_size=_PATCH.value, dtype=dtype, attention=_ATTN.value,
-                 scan_blocks=_SCAN.value, remat=_REMAT.value, micro_batch_size=micro,
-                 jax_version=jax.__version__)
+                 attention_pad=_ATTN_PAD.value, scan_blocks=_SCAN.value, remat=_REMAT.value,
+                 micro_batch_size=micro, jax_version=jax.__version__)
       if _TORCH.value and _OBJECTIVE.value == "mae":
         from maelite_jax.models import model_kwargs
         kw = model_kwargs(config.model.name, patch_size=_PATCH.value)
@@ -147,6 +184,9 @@ def _main(argv):
           rec["torch_micro_images_per_s"] = batch / statistics.median(times["torch_micro"])
           best = max(best, rec["torch_micro_images_per_s"])
         rec["jax_over_torch_speed"] = rec["images_per_s"] / best
+      if _PROFILE.value:
+        rec.update(_profile(fns["jax"], rec))
+      rec.update(run_info, load_before=load_before, load_after=os.getloadavg()[0])
       records.append(rec)
       print(json.dumps(rec), flush=True)
   _print_table(records)
@@ -169,6 +209,20 @@ def _pipeline_main():
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(records, f, indent=1)
+
+
+def _profile(one_step, rec) -> dict:
+  """A trace of a few steps of this measurement in --profile/<name>, and its summary."""
+  from maelite_jax.bench import profile as profile_lib
+  from maelite_jax.bench import step as benchmark
+  name = "{objective}_{image_size}px_b{batch}_{dtype}_{attention}".format(**rec)
+  logdir = os.path.join(_PROFILE.value, name)
+  xplane = benchmark.profile_steps(one_step, logdir, _PROFILE_STEPS.value)
+  summary = profile_lib.summarize(xplane, _PROFILE_STEPS.value, one_step.hlo_text()) if (
+      xplane) else {}
+  with open(os.path.join(logdir, "profile_summary.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  return dict(profile_dir=logdir, profile=summary.get("per_step_ms"))
 
 
 def _print_table(records):

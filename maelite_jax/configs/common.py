@@ -14,6 +14,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 placeholder = ml_collections.config_dict.placeholder
 
 
+# Opt-in XLA option sets, by name, for config.xla_options (a name and explicit options mix:
+# "gpu --xla_gpu_autotune_level=2"). None is on by default: each is kept only where the GPU
+# benchmark (scripts/gpu_bench.sh, docs/performance.md) measures a win.
+#   gpu: Triton GEMMs for every matmul (lets XLA fuse LayerNorm / bias / GELU into the matmul
+#        instead of a cuBLAS call with separate element-wise kernels: fewer HBM round trips
+#        for width-192 matmuls) and the latency-hiding scheduler.
+XLA_OPTION_SETS = {
+    "gpu": "--xla_gpu_triton_gemm_any=true --xla_gpu_enable_latency_hiding_scheduler=true",
+}
+
+
 def parse_arg(arg: str | None, known: tuple[str, ...]) -> str:
   """The variant after ':' in `--config configs/x.py:variant` ('' = the paper's recipe)."""
   arg = (arg or "").strip()
@@ -145,6 +156,9 @@ def pretrain_skeleton() -> ml_collections.ConfigDict:
       init="",                # a checkpoint (workdir / step dir) to initialise params from
       init_reset="",          # params (path regex) that keep their fresh init despite `init`
       fsdp_regex="",          # params (and their optimizer state) sharded FSDP-style, e.g. ".*"
+      # XLA compiler options of the train step, XLA_FLAGS-style, or a named set of
+      # XLA_OPTION_SETS (opt-in, e.g. "gpu"); a GPU option is accepted and ignored on CPU
+      xla_options="",
       log_every=50,
       checkpoint_every=1000,
       keep_checkpoints=3,     # >= 1: the final checkpoint is always kept

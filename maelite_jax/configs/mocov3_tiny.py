@@ -35,7 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       drop_path_rate=0.0,
       depth=ml_collections.config_dict.placeholder(int),  # None = the variant's depth
       dtype="auto",       # bfloat16 compute on GPU/TPU, float32 on CPU
-      attention_impl="einsum",
+      attention_impl="einsum",  # einsum | xla | cudnn (jax.nn.dot_product_attention)
+      attention_pad=0,    # xla/cudnn: pad tokens to a multiple of this (0: cudnn pads odd ones)
       scan_blocks=False,  # lax.scan over encoder blocks: compile time ~depth x shorter
       remat=False,        # recompute block activations in the backward pass: memory
       cls_init_std=1e-6,

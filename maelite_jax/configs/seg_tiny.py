@@ -90,7 +90,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       classifier_init_std=0.01,  # mmseg's N(0, 0.01); 0 = lecun_normal (short runs)
       drop_path_rate=0.1,
       dtype="auto",       # bfloat16 compute on GPU/TPU, float32 on CPU
-      attention_impl="einsum",
+      attention_impl="einsum",  # einsum | xla | cudnn (jax.nn.dot_product_attention)
+      attention_pad=0,    # xla/cudnn: pad tokens to a multiple of this (0: cudnn pads odd ones)
       remat=False,  # recompute block activations in the backward pass: memory (no scan_blocks:
                     # the pyramid reads per-block outputs, which the unrolled blocks give)
   ))

@@ -69,6 +69,7 @@ class MaskedAutoencoder(nn.Module):
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
   attention_impl: str = "einsum"
+  attention_pad: int = 0     # xla/cudnn attention: pad the tokens to a multiple (0 = as needed)
   scan_blocks: bool = False  # encoder blocks (the decoder has 1-8 blocks)
   remat: bool = False
 
@@ -78,7 +79,7 @@ class MaskedAutoencoder(nn.Module):
     self.mask_token = self.param("mask_token", token_init, (1, 1, self.decoder_embed_dim))
     self.decoder_blocks = [
         Block(self.decoder_num_heads, self.mlp_ratio, 0.0, self.dtype, self.attention_impl,
-              name=f"decoder_blocks_{i}") for i in range(self.decoder_depth)]
+              self.attention_pad, name=f"decoder_blocks_{i}") for i in range(self.decoder_depth)]
     self.decoder_norm = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)
     self.decoder_pred = nn.Dense(self.patch_size**2 * self.in_chans, kernel_init=dense_init,
                                  dtype=self.dtype)

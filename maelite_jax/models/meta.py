@@ -50,9 +50,14 @@ class ModelSpec:
   kwargs: dict = dataclasses.field(default_factory=dict)
 
   def module_kwargs(self, **overrides) -> dict:
+    """The constructor arguments for this process's platform: dtype 'auto' resolved, and
+    'cudnn' attention (a GPU-only kernel) run as XLA's, the same function, elsewhere, so that
+    a model trained with it on a GPU is evaluated, analysed and exported on any machine."""
     kwargs = dict(self.kwargs, **overrides)
     if isinstance(kwargs.get("dtype"), str):
       kwargs["dtype"] = resolve_dtype(kwargs["dtype"])
+    if kwargs.get("attention_impl") == "cudnn" and jax.default_backend() != "gpu":
+      kwargs["attention_impl"] = "xla"
     return kwargs
 
   def build(self, **overrides):

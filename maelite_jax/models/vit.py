@@ -62,29 +62,66 @@ class DropPath(nn.Module):
     return x * mask.astype(x.dtype) / keep
 
 
+# cuDNN's fused (flash) attention rejected the MAE decoder's 197 tokens on an H100 (JAX 0.11,
+# cuDNN 9): odd lengths go to the next multiple of this, the padded keys masked.
+CUDNN_SEQ_MULTIPLE = 8
+
+
+def attention_length(n: int, implementation: str, pad: int = 0) -> int:
+  """The sequence length `fused_attention` runs at: n rounded up to a multiple of `pad` (> 0),
+  else, for cuDNN, odd n rounded up to a multiple of CUDNN_SEQ_MULTIPLE (the encoder's 50
+  tokens go in as they are); n otherwise."""
+  multiple = pad if pad > 0 else (CUDNN_SEQ_MULTIPLE if implementation == "cudnn" and n % 2 else 1)
+  return -(-n // multiple) * multiple
+
+
+def fused_attention(qkv, implementation: str, pad: int = 0):
+  """softmax(q k^T / sqrt(d)) v through jax.nn.dot_product_attention, for qkv (B, T, 3, H, d)
+  in timm's q | k | v order; returns (B, T, H, d).
+
+  implementation: 'xla' (XLA's own fusion) or 'cudnn' (cuDNN flash attention: never writes the
+  (B, H, T, T) probabilities to memory, which dominate MoCo-v3's traffic). When
+  `attention_length` asks for more than T, the tokens are zero-padded, every sequence's true
+  length goes in as key_value_seq_lengths (padded keys get no weight), and the padded query
+  rows are cut off: the same function and gradients as unpadded attention. Only keys are
+  masked, so no row is fully masked (such rows are where cuDNN's backward produced NaNs).
+  """
+  b, n = qkv.shape[:2]
+  impl = None if implementation == "xla" else implementation
+  target = attention_length(n, implementation, pad)
+  lengths = None
+  if target != n:
+    qkv = jnp.pad(qkv, ((0, 0), (0, target - n), (0, 0), (0, 0), (0, 0)))
+    lengths = jnp.full((b,), n, jnp.int32)
+  # BTNH slices of the projection: no transposes on the way in or out
+  out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
+                                     key_value_seq_lengths=lengths, implementation=impl)
+  return out[:, :n]
+
+
 class Attention(nn.Module):
   num_heads: int
   dtype: Any = jnp.float32
   attention_impl: str = "einsum"  # "einsum" | "xla" | "cudnn" (jax.nn.dot_product_attention)
+  attention_pad: int = 0  # xla/cudnn: pad the sequence to a multiple of this (fused_attention)
 
   @nn.compact
   def __call__(self, x, return_logits: bool = False):
     b, n, dim = x.shape
     head_dim = dim // self.num_heads
     qkv = on_tokens(nn.Dense(3 * dim, dtype=self.dtype, kernel_init=dense_init, name="qkv"), x)
-    # timm row order: q | k | v, each split into heads; heads-major layout is faster on CPU.
-    qkv = qkv.reshape(b, n, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
+    # timm row order: q | k | v, each split into heads
+    qkv = qkv.reshape(b, n, 3, self.num_heads, head_dim)
     logits = None
     if self.attention_impl == "einsum" or return_logits:
+      # heads-major layout is faster on CPU
+      heads = qkv.transpose(2, 0, 3, 1, 4)
+      q, k, v = heads[0], heads[1], heads[2]
       logits = jnp.einsum("bhqd,bhkd->bhqk", q * head_dim**-0.5, k)
       attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
       out = jnp.einsum("bhqk,bhkd->bhqd", attn, v).transpose(0, 2, 1, 3)
     else:
-      impl = None if self.attention_impl == "xla" else self.attention_impl
-      out = jax.nn.dot_product_attention(
-          q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
-          implementation=impl)
+      out = fused_attention(qkv, self.attention_impl, self.attention_pad)
     out = out.reshape(b, n, dim)
     out = on_tokens(nn.Dense(dim, dtype=self.dtype, kernel_init=dense_init, name="proj"), out)
     return out, (logits if return_logits else None)
@@ -109,12 +146,14 @@ class Block(nn.Module):
   drop_path: float = 0.0
   dtype: Any = jnp.float32
   attention_impl: str = "einsum"
+  attention_pad: int = 0
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True, return_logits: bool = False, drop_rate=None):
     dim = x.shape[-1]
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm1")(x)
-    y, logits = Attention(self.num_heads, self.dtype, self.attention_impl, name="attn")(y, return_logits)
+    y, logits = Attention(self.num_heads, self.dtype, self.attention_impl, self.attention_pad,
+                          name="attn")(y, return_logits)
     x = x + DropPath(self.drop_path)(y, deterministic, drop_rate)
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm2")(x)
     y = Mlp(int(dim * self.mlp_ratio), self.dtype, name="mlp")(y)
@@ -218,6 +257,7 @@ class VisionTransformer(nn.Module):
   posemb: str = "mae"  # the sin-cos table's layout: "mae" | "mocov3" (halves swapped; posemb.py)
   dtype: Any = jnp.float32
   attention_impl: str = "einsum"
+  attention_pad: int = 0     # xla/cudnn attention: pad the tokens to a multiple (0 = as needed)
   scan_blocks: bool = False  # jax.lax.scan over the blocks (when no per-layer outputs are asked)
   remat: bool = False        # recompute block activations in the backward pass (memory)
 
@@ -260,7 +300,7 @@ class VisionTransformer(nn.Module):
   def _scanned(self, x, train: bool, rates):
     params = self.variables["params"]
     block = Block(self.num_heads, self.mlp_ratio, 0.0, self.dtype, self.attention_impl,
-                  parent=None)
+                  self.attention_pad, parent=None)
     rng = self.make_rng("droppath") if train and self.drop_path_rate > 0 else None
     return scan_blocks(block, [params[f"blocks_{i}"] for i in range(self.depth)], x,
                        deterministic=not train, rates=rates, rng=rng, remat=self.remat)
@@ -289,7 +329,8 @@ class VisionTransformer(nn.Module):
     block_cls = nn.remat(Block, static_argnums=(2, 3)) if self.remat else Block
     for i in range(0 if scanned else self.depth):
       x, logits = block_cls(self.num_heads, self.mlp_ratio, rates[i], self.dtype,
-                            self.attention_impl, name=f"blocks_{i}")(x, not train, i in want_logits)
+                            self.attention_impl, self.attention_pad,
+                            name=f"blocks_{i}")(x, not train, i in want_logits)
       if i in want_tokens:
         aux["tokens"][i] = x
       if i in want_logits:

@@ -85,7 +85,7 @@ def load_teacher(config):
           f"the student sees {m.image_size}px", "Use a teacher with fixed sin-cos positions "
           "(a pre-trained, not fine-tuned, encoder) or the student's image size.")
   teacher = teacher.clone(image_size=m.image_size, dtype=resolve_dtype(m.dtype),
-                          attention_impl=m.attention_impl)
+                          attention_impl=m.attention_impl, attention_pad=m.attention_pad)
   return teacher, params
 
 
@@ -218,7 +218,8 @@ class DMAE(MAE):
     images = batch["image"]
     student = self.student_forward(params, images, batch["noise"], train=True, rng=rng,
                                    masked_only=True)
-    teacher = self.teacher_forward(frozen["teacher"], images, student["ids_keep"])
+    with jax.named_scope("teacher"):  # a label for profiles (bench/profile.py)
+      teacher = self.teacher_forward(frozen["teacher"], images, student["ids_keep"])
     mae_loss = mae_obj.masked_patch_loss(student["pred"], images, student["pred_ids"],
                                          self.model.patch_size, self.norm_pix_loss)
     adapters = params.get("distill_adapters", {})

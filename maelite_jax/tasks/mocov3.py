@@ -126,10 +126,11 @@ class MoCoV3(Objective):
     q2, pred_stats = self._head(self.predictor, params["predictor"], pred_stats, z2)
     # Keys: the momentum branch, already updated for this step by the previous after_update.
     mom = jax.lax.stop_gradient(extra["momentum"])
-    fk = self._encode(mom["encoder"], images, r_k)
-    mom_stats = extra["momentum_batch_stats"]["projector"]
-    k1, mom_stats = self._head(self.projector, mom["projector"], mom_stats, fk[:b])
-    k2, mom_stats = self._head(self.projector, mom["projector"], mom_stats, fk[b:])
+    with jax.named_scope("momentum_branch"):  # a label for profiles (bench/profile.py)
+      fk = self._encode(mom["encoder"], images, r_k)
+      mom_stats = extra["momentum_batch_stats"]["projector"]
+      k1, mom_stats = self._head(self.projector, mom["projector"], mom_stats, fk[:b])
+      k2, mom_stats = self._head(self.projector, mom["projector"], mom_stats, fk[b:])
     k1, k2 = jax.lax.stop_gradient(k1), jax.lax.stop_gradient(k2)
     loss = cl.symmetric_info_nce(q1, q2, k1, k2, self.temperature)
     new_extra = dict(extra, batch_stats={"projector": proj_stats, "predictor": pred_stats},

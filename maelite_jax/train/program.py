@@ -52,7 +52,8 @@ class StepProgram:
     self.frozen = jax.device_put(objective.frozen, self.frozen_shardings)
     step_fn = make_train_step(objective, self.optimizer, mesh, accum_steps=self.accum,
                               base_rng_seed=config.seed)
-    self.train_step = jit_train_step(step_fn, mesh, self.state_shardings, self.frozen_shardings)
+    self.train_step = jit_train_step(step_fn, mesh, self.state_shardings, self.frozen_shardings,
+                                     config.get("xla_options", ""))
 
   def init_state(self, rng=None) -> TrainState:
     """A fresh state in its shardings (rng default: key(config.seed))."""

@@ -23,6 +23,25 @@ from maelite_jax.train.mesh import DATA_AXIS
 CPU_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
+def parse_xla_options(text: str) -> dict:
+  """config.xla_options ("--name=value --name2=value2", XLA_FLAGS' syntax, the '--' optional,
+  or names of configs.common.XLA_OPTION_SETS) -> {name: value} for jax.jit's
+  compiler_options. true/false become bools (XLA's option parser takes only Python's
+  spelling); XLA parses the rest (ints, enum lists) and rejects unknown names or bad values
+  when the step compiles."""
+  from maelite_jax.configs.common import XLA_OPTION_SETS
+  words = []
+  for item in (text or "").split():  # a named set stands for its options
+    words += XLA_OPTION_SETS.get(item, item).split()
+  out = {}
+  for item in words:
+    name, eq, value = item.lstrip("-").partition("=")
+    if not name or not eq:
+      raise ValueError(f"{item!r} is not of the form --name=value")
+    out[name] = {"true": True, "false": False}.get(value.lower(), value)
+  return out
+
+
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
@@ -85,21 +104,26 @@ def make_train_step(objective, optimizer, mesh, *, accum_steps: int = 1, base_rn
       (loss, grads, metrics, extra), _ = jax.lax.scan(
           body, (jnp.zeros(l_shape.shape, l_shape.dtype), zeros, zero_metrics, state.extra),
           (jnp.arange(accum_steps), micro))
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    guard = state.guard
-    if "lr_scale" in guard:  # a rollback's lr cut: scaling the final update scales the lr
-      updates = jax.tree.map(lambda u: u * guard["lr_scale"].astype(u.dtype), updates)
-    params = optax.apply_updates(state.params, updates)
+    # Named scopes only label the ops (bench/profile.py's optimizer share); no effect on math.
+    with jax.named_scope("optimizer"):
+      grad_norm = optax.tree.norm(grads)
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+      guard = state.guard
+      if "lr_scale" in guard:  # a rollback's lr cut: scaling the final update scales the lr
+        updates = jax.tree.map(lambda u: u * guard["lr_scale"].astype(u.dtype), updates)
+      params = optax.apply_updates(state.params, updates)
     if objective.post_update is not None:
-      extra = objective.post_update(params, extra, state.step)
-    # A non-finite loss or gradient skips the whole update (params, optimizer moments and count,
-    # the objective's extra state); the step still advances so the data moves on. The loop applies the policy.
-    # A select, not lax.cond: on GPU a cond copies its predicate to the host every step.
-    keep = lambda new, old: jnp.where(finite, new, old)
-    params, opt_state, extra = jax.tree.map(keep, (params, opt_state, extra),
-                                            (state.params, state.opt_state, state.extra))
+      with jax.named_scope("post_update"):
+        extra = objective.post_update(params, extra, state.step)
+    with jax.named_scope("optimizer"):
+      # A non-finite loss or gradient skips the whole update (params, optimizer moments and
+      # count, the objective's extra state); the step still advances so the data moves on. The
+      # loop applies the policy. A select, not lax.cond: on GPU a cond copies its predicate to
+      # the host every step.
+      keep = lambda new, old: jnp.where(finite, new, old)
+      params, opt_state, extra = jax.tree.map(keep, (params, opt_state, extra),
+                                              (state.params, state.opt_state, state.extra))
     bad = jnp.logical_not(finite)
     metrics = dict(metrics, grad_norm=grad_norm, nonfinite=bad.astype(jnp.float32))
     if "nonfinite_count" in guard:
@@ -112,10 +136,12 @@ def make_train_step(objective, optimizer, mesh, *, accum_steps: int = 1, base_rn
   return step_fn
 
 
-def jit_train_step(step_fn, mesh, state_shardings, frozen_shardings):
-  """jax.jit of a make_train_step function: sharded, state donated, CPU copy insertion tuned."""
+def jit_train_step(step_fn, mesh, state_shardings, frozen_shardings, xla_options: str = ""):
+  """jax.jit of a make_train_step function: sharded, state donated, CPU copy insertion tuned,
+  plus the config's XLA options (config.xla_options, e.g. GPU fusion and command buffers)."""
   on_cpu = mesh.devices.flat[0].platform == "cpu"
+  options = dict(CPU_COMPILER_OPTIONS if on_cpu else {}, **parse_xla_options(xla_options))
   return jax.jit(step_fn,
                  in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh), frozen_shardings),
                  out_shardings=(state_shardings, mesh_lib.replicated(mesh)), donate_argnums=0,
-                 compiler_options=CPU_COMPILER_OPTIONS if on_cpu else None)
+                 compiler_options=options or None)

@@ -30,6 +30,43 @@ def _choice(config, key: str, choices, what: str = ""):
     _fail(key, f"{node!r} is unknown", f"Use one of {tuple(choices)}{what}.")
 
 
+def _check_attention(m):
+  """cuDNN's fused attention runs only on CUDA GPUs and in bf16/fp16: say so before compiling
+  (JAX's own error comes from deep inside the lowering)."""
+  pad = m.get("attention_pad", 0)
+  if not isinstance(pad, int) or pad < 0:
+    _fail("model.attention_pad", f"{pad!r} is not an integer >= 0", "Use 0 (pad only where the "
+          "kernel needs it) or a multiple to pad the token sequence to, e.g. 8 or 64.")
+  if m.attention_impl != "cudnn":
+    return
+  import jax
+  from maelite_jax.models.meta import resolve_dtype
+  if jax.default_backend() != "gpu":
+    _fail("model.attention_impl", f"'cudnn' needs a CUDA GPU, this is a {jax.default_backend()}",
+          "Use 'einsum' (or 'xla') here; keep 'cudnn' for GPU runs.")
+  if resolve_dtype(m.dtype) == jax.numpy.float32:
+    _fail("model.attention_impl", "cuDNN's fused attention computes in bfloat16/float16, "
+          "model.dtype is float32", "Set model.dtype='auto' (bfloat16 on GPU) or 'bfloat16', or "
+          "use attention_impl='einsum'.")
+
+
+def _check_xla_options(text: str):
+  """XLA judges its own options: a trivial program compiled with them fails now, with the
+  option named, rather than the train step after minutes of tracing."""
+  import jax
+  import jax.numpy as jnp
+  from maelite_jax.train.step import parse_xla_options
+  try:
+    options = parse_xla_options(text)
+    jax.jit(lambda x: x + 1, compiler_options=options).lower(jnp.zeros(())).compile()
+  except Exception as e:  # noqa: BLE001 - XLA's error says which option and why
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    _fail("xla_options", f"XLA rejects {text!r}: {msg}", "Give XLA_FLAGS-style options that "
+          "this jaxlib knows, e.g. '--xla_gpu_enable_triton_gemm=false' (a GPU option is "
+          "accepted and ignored on CPU), a named set of configs/common.py's XLA_OPTION_SETS "
+          "('gpu'), or leave it empty.")
+
+
 def validate_config(config, *, num_devices: int, workdir: str | None = None,
                     check_data: bool = True):
   """Raises ConfigError naming the bad key and its fix before anything is built.
@@ -45,6 +82,7 @@ def validate_config(config, *, num_devices: int, workdir: str | None = None,
           "Pick an image size divisible by the patch size (e.g. 224/16, 32/4).")
   _choice(config, "model.dtype", DTYPES, " ('auto' = bfloat16 on GPU/TPU, float32 on CPU)")
   _choice(config, "model.attention_impl", ATTENTION_IMPLS)
+  _check_attention(m)
   _choice(config, "optim.name", OPTIMIZERS)
   _choice(config, "optim.schedule", SCHEDULES)
   _choice(config, "nonfinite_policy", NONFINITE_POLICIES,
@@ -86,6 +124,8 @@ def validate_config(config, *, num_devices: int, workdir: str | None = None,
   if not 0.0 < config.nonfinite_lr_factor <= 1.0:
     _fail("nonfinite_lr_factor", f"{config.nonfinite_lr_factor} is outside (0, 1]",
           "Each rollback multiplies the lr by it; e.g. 0.5.")
+  if config.get("xla_options"):
+    _check_xla_options(config.xla_options)
   if check_data:
     from maelite_jax import data as data_lib  # imports tensorflow: only where data is read
     data_lib.validate_data_config(config.data, m.image_size)

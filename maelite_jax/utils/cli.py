@@ -1,5 +1,6 @@
 """What every entry point shares: --config / --workdir / --distributed flags, quiet logs,
-multi-host start, and one error path.
+multi-host start, the persistent compilation cache (utils/compile_cache.py; --compilation_cache,
+--compilation_cache_dir), and one error path.
 
 Exit codes (documented in the README):
   0   finished
@@ -18,6 +19,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from maelite_jax.utils import compile_cache
 from maelite_jax.utils import distributed as distributed_lib
 from maelite_jax.utils.errors import UserError
 
@@ -29,6 +31,12 @@ EXIT_PREEMPTED = 75
 DEBUG_ENV = "MAELITE_DEBUG"
 
 _DEBUG = flags.DEFINE_bool("debug", False, f"show tracebacks of user errors (also {DEBUG_ENV}=1)")
+_CACHE = flags.DEFINE_bool(
+    "compilation_cache", True, "keep compiled XLA programs on disk, so that a second run of the "
+    f"same config skips compilation (off: --nocompilation_cache or {compile_cache.ENV_SWITCH}=0)")
+_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", None, "where the compilation cache lives (default: "
+    f"${compile_cache.ENV_DIR}, else ~/.cache/maelite_jax/jax_cache)")
 _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "check the command line and exit: flag names and values, the config file "
     "and its :variant, every --config.* override (nothing is read, trained or written)")
@@ -99,6 +107,7 @@ def run(main, flags_parser=None, verbosity=logging.INFO):
       print("dry run: the command line is valid; nothing was run", flush=True)
       return 0
     try:
+      compile_cache.setup(_CACHE.value, _CACHE_DIR.value)  # before anything compiles
       return main(argv)
     except Exception as e:  # noqa: BLE001 - classified below; bugs are re-raised
       message = user_error_message(e)
