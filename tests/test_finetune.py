@@ -240,3 +240,42 @@ def test_sweep_picks_the_best_validation_point_and_reruns_it(mae_checkpoint, tmp
   rows = [r for r in results.read_rows(str(tmp_path)) if r["metric"] == "top1"]
   assert rows[-1]["protocol"] == f"finetune-swept({chosen[0]['name']})"
   assert float(rows[-1]["value"]) == pytest.approx(100 * out["test"]["top1"], abs=0.01)
+
+
+def test_layer_decay_preset_follows_the_checkpoints_objective(tmp_path):
+  """MAE-Lite fine-tunes MoCo-v3 encoders with layer decay 0.75 and MAE's with 0.85: the
+  fine-tuning config picks the preset from config.init's checkpoint; an explicit value wins."""
+  optim_cfg = finetune_tiny.get_config("cpu").optim
+  assert optim_cfg.layer_decay is None  # the preset decides
+  params = {"cls_token": np.zeros((1, 1, 4), np.float32)}
+  paths = {}
+  for name, meta in (("moco", {"objective": "mocov3"}), ("mae", {"objective": "mae"}),
+                     ("imported", {"objective": ""}),
+                     ("imported_moco", {"objective": "", "posemb": "mocov3"})):
+    kwargs = {"posemb": meta.pop("posemb")} if "posemb" in meta else {}
+    paths[name] = str(tmp_path / name)
+    checkpoint.save_params(paths[name], params,
+                           {"model": {"name": "vit_tiny_patch16", "kwargs": kwargs}, **meta})
+  got = {name: pretrained.resolve_layer_decay(optim_cfg, path) for name, path in paths.items()}
+  assert got == {"moco": 0.75, "mae": 0.85, "imported": 0.85, "imported_moco": 0.75}
+  assert pretrained.resolve_layer_decay(optim_cfg, "") == 1.0  # from scratch: no decay
+  optim_cfg.layer_decay = 0.6
+  assert pretrained.resolve_layer_decay(optim_cfg, paths["moco"]) == 0.6
+
+
+def test_init_reset_reinitialises_the_matching_params(mae_checkpoint, tmp_path):
+  """config.init_reset keeps the fresh init for the params it matches (re-initialised top
+  blocks: the layer-wise analysis of the reproduction study)."""
+  path, mae_params = mae_checkpoint
+  config = ft_config(**{"init": path, "init_reset": "blocks_1/", "total_steps": 1})
+  trainer = build_trainer(config, str(tmp_path), devices=jax.devices()[:1])
+  manager = checkpoint.make_manager(str(tmp_path))
+  params = jax.device_get(trainer.initial_state(manager).params)
+  manager.close()
+  enc = mae_params["encoder"]
+  np.testing.assert_array_equal(params["blocks_0"]["attn"]["qkv"]["kernel"],
+                                enc["blocks_0"]["attn"]["qkv"]["kernel"])
+  assert not np.allclose(params["blocks_1"]["attn"]["qkv"]["kernel"],
+                         enc["blocks_1"]["attn"]["qkv"]["kernel"])
+  with pytest.raises(ValueError, match="matches no parameter"):
+    pretrained.reset_params(params, params, "no_such_block/")

@@ -64,17 +64,19 @@ def save_reconstruction_grid(path, *, images, pred, mask, patch_size, norm_pix_l
   """Writes the PNG grid (one row per image); returns (path, mean hidden-patch error)."""
   panels = reconstruction_panels(images, pred, mask, patch_size, norm_pix_loss, mean, std)
   n = panels["original"].shape[0]
-  if norm_pix_loss:
+  if norm_pix_loss:  # the prediction is in per-patch normalised units: two ways back
     titles = ["original", "input (hidden patches\nin blue)",
               "recon, oracle stats\n(true hidden-patch mean/std: leaks)",
               "recon, visible stats\n(no leak)",
               "per-patch error, hidden only\n(norm-pix MSE; grey = visible)"]
-  else:
-    titles = ["original", "input (hidden patches\nin blue)", "reconstruction\n(+ visible patches)",
+    keys = ["original", "masked", "recon_oracle", "recon_visible", "error"]
+  else:  # the prediction is pixels: the reconstruction is honest as it is
+    titles = ["original", "input (hidden patches\nin blue)",
               "reconstruction\n(+ visible patches)",
               "per-patch error, hidden only\n(MSE; grey = visible)"]
-  keys = ["original", "masked", "recon_oracle", "recon_visible", "error"]
-  fig, axes = plt.subplots(n, 5, figsize=(10, 2.0 * n + 0.9), squeeze=False,
+    keys = ["original", "masked", "recon_visible", "error"]
+  cols = len(keys)
+  fig, axes = plt.subplots(n, cols, figsize=(2 * cols, 2.0 * n + 0.9), squeeze=False,
                            layout="constrained")
   cmap = matplotlib.colormaps["magma"].with_extremes(bad="#c8c8c8")
   vmax = float(np.nanmax(panels["error"])) if np.isfinite(panels["error"]).any() else 1.0
@@ -89,7 +91,7 @@ def save_reconstruction_grid(path, *, images, pred, mask, patch_size, norm_pix_l
       ax.set_yticks([])
       if i == 0:
         ax.set_title(titles[j], fontsize=7)
-  fig.colorbar(im, ax=axes[:, 4].tolist(), shrink=0.6)
+  fig.colorbar(im, ax=axes[:, cols - 1].tolist(), shrink=0.6)
   err = panels["hidden_error"]
   fig.suptitle(f"{title} (mean hidden-patch error {err:.3f})", fontsize=9)
   fig.savefig(path, dpi=100)

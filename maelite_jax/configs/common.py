@@ -64,6 +64,7 @@ def data_config(dataset: str = "fashion_mnist_builtin", **overrides) -> ml_colle
       reduce_zero_label=False,   # segmentation folders: 0 -> ignore, k -> k - 1 (ADE20K)
       shuffle_buffer=10_000,
       on_device=False,           # the split decoded once onto the accelerator, augmented there
+      on_device_canvas=0,        # on_device ImageFolder: images stored at this side (0: none)
       cache=False,               # tf.data: decoded examples kept in memory
       prefetch=2,                # batches in flight on the devices
       check_images=True,         # imagefolder: open every file once (cached), skip unreadable
@@ -140,6 +141,7 @@ def pretrain_skeleton() -> ml_collections.ConfigDict:
       total_epochs=400.0,
       total_steps=0,          # > 0 overrides total_epochs
       init="",                # a checkpoint (workdir / step dir) to initialise params from
+      init_reset="",          # params (path regex) that keep their fresh init despite `init`
       fsdp_regex="",          # params (and their optimizer state) sharded FSDP-style, e.g. ".*"
       log_every=50,
       checkpoint_every=1000,
@@ -166,5 +168,14 @@ def pretrain_skeleton() -> ml_collections.ConfigDict:
 
 
 def every(config):
-  """A reference to config.eval_every, so that --config.eval_every=N moves every evaluator."""
-  return config.get_ref("eval_every")
+  """config.eval_every as each evaluator's default: --config.eval_every=N moves every evaluator,
+  while --config.evals.NAME.every=M overrides that one only."""
+  return follow(config, "eval_every")
+
+
+def follow(config, key):
+  """A value that follows config[key] until it is set itself. A plain `get_ref` is the same
+  FieldReference in both places, so setting either one (e.g. `evals.linear.every=-1`) would set
+  the other and every field sharing it; a derived reference (`ref + 0`) is set on its own."""
+  ref = config.get_ref(key)
+  return ref + ("" if isinstance(config[key], str) else 0)

@@ -41,10 +41,11 @@ def finetune_skeleton() -> ml_collections.ConfigDict:
   config.total_epochs = 300.0
   config.optim.update(b1=0.9, b2=0.999, base_lr=1e-3, weight_decay=0.05, warmup_epochs=5.0,
                       min_lr=1e-6, no_decay_regex=NO_DECAY_TOKENS)
-  # Layer-wise lr decay: None = the preset for the objective of config.init's checkpoint
-  # ('' = no pre-trained objective: training from scratch or imported weights); 1.0 = off.
+  # Layer-wise lr decay: None = the preset for where the weights come from: the objective of
+  # config.init's checkpoint, '' = imported weights, 'scratch' = no config.init; 1.0 = off.
   config.optim.layer_decay = common.placeholder(float)
-  config.optim.layer_decay_presets = dict(mae=0.85, dmae=0.85, mocov3=0.75, **{"": 0.85})
+  config.optim.layer_decay_presets = dict(mae=0.85, dmae=0.85, mocov3=0.75, scratch=1.0,
+                                          **{"": 0.85})
   config.ema_decay = 0.0      # > 0: also evaluate an EMA of the weights (e.g. 0.9999)
   config.linear_probe = False # True: train only a BatchNorm(no affine) + head on a frozen encoder
   config.best_metric = "top1"  # <workdir>/best holds the params of the best eval top-1

@@ -39,15 +39,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       data=common.imagenet_data(),
       evals=ml_collections.ConfigDict(),
   ))
-  train, test = config.data.get_ref("train_split"), config.data.get_ref("eval_split")
+
+  def train():  # each evaluator its own reference: overriding one split leaves the others
+    return common.follow(config.data, "train_split")
+
+  def test():
+    return common.follow(config.data, "eval_split")
+
   probe_optim = common.optim_config(name="lars", base_lr=0.1, b1=0.9, weight_decay=0.0,
                                     warmup_epochs=10.0, min_lr=0.0)
-  config.evals.linear = common.linear_eval(0, train, test, batch_size=1024, epochs=90,
+  config.evals.linear = common.linear_eval(0, train(), test(), batch_size=1024, epochs=90,
                                            probe_batch_size=16384, optim=probe_optim,
                                            baseline=False)
-  config.evals.knn = common.knn_eval(0, train, test, batch_size=1024, baseline=False)
-  config.evals.fewshot = dict(type="fewshot", every=0, pool="token", train_split=train,
-                              eval_split=test, batch_size=1024, shots=(1, 5, 10, 25), seeds=3,
+  config.evals.knn = common.knn_eval(0, train(), test(), batch_size=1024, baseline=False)
+  config.evals.fewshot = dict(type="fewshot", every=0, pool="token", train_split=train(),
+                              eval_split=test(), batch_size=1024, shots=(1, 5, 10, 25), seeds=3,
                               l2_reg=2.0**10, baseline=False)
   if variant in ("cpu", "tiny"):
     config.init = "runs/mae_tiny_cpu"

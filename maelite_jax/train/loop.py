@@ -98,6 +98,7 @@ class Trainer:
     if self.config.init:
       target = jax.tree.map(np.asarray, jax.device_get(state.params))
       params, _ = pretrained.load_into(self.config.init, target, self.objective)
+      params = pretrained.reset_params(params, target, self.config.init_reset)
       state = state.replace(params=jax.device_put(params, self.program.state_shardings.params))
     return state
 

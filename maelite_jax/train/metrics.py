@@ -4,8 +4,14 @@ metrics.jsonl is strict JSON (a non-finite value is written as null) and holds e
 (training metrics and the evaluations of a step share its row); a run that resumes from step N (after a crash, a preemption or a non-finite rollback) first
 drops the rows after N that the lost part of the run had written. Progress (steps/s, %, ETA and
 the share of time spent in evaluation) is clu's ReportProgress; the metrics line adds img/s.
+
+clu's writers and progress report import TensorFlow (for TensorBoard summaries). On a machine
+without it (GPU hosts that only have JAX and PyTorch, where the on-device data engine needs no
+TensorFlow either) the logger keeps metrics.jsonl and the console lines and says once that
+TensorBoard events are off.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -14,8 +20,12 @@ import time
 import jax
 import numpy as np
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
+
+try:
+  from clu import metric_writers
+  from clu import periodic_actions
+except ImportError:  # no TensorFlow: see the module docstring
+  metric_writers = periodic_actions = None
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -51,14 +61,19 @@ class MetricsLogger:
 
   def __init__(self, workdir: str, total_steps: int, global_batch: int, log_every: int):
     self.is_main = jax.process_index() == 0
-    self.writer = metric_writers.create_default_writer(
-        workdir, just_logging=not self.is_main, asynchronous=True)
+    if metric_writers is None:
+      logging.warning("TensorBoard events are off: clu's writers need tensorflow, which is not "
+                      "installed; metrics go to %s/%s and the console", workdir, METRICS_FILE)
+      self.writer = None
+    else:
+      self.writer = metric_writers.create_default_writer(
+          workdir, just_logging=not self.is_main, asynchronous=True)
     self.path = os.path.join(workdir, METRICS_FILE)
     self.jsonl = None
     self.total_steps = total_steps
     self.global_batch = global_batch
     self._row = None  # the current step's row, written when the next step begins
-    self.progress = periodic_actions.ReportProgress(
+    self.progress = None if periodic_actions is None else periodic_actions.ReportProgress(
         num_train_steps=total_steps, writer=self.writer if self.is_main else None,
         every_steps=log_every, every_secs=None)
     self._t0 = None
@@ -86,10 +101,13 @@ class MetricsLogger:
 
   def tick(self, step: int):
     """Once per step: clu's progress report (rate, ETA, time in evaluation)."""
-    self.progress(step)
+    if self.progress is not None:
+      self.progress(step)
 
   def timed(self, name: str):
     """Context manager: time spent in `name` (e.g. 'eval') shows in the progress line."""
+    if self.progress is None:
+      return contextlib.nullcontext()
     return self.progress.timed(name, wait_jax_async_dispatch=False)
 
   def write(self, step: int, scalars: dict, progress: bool = True) -> dict:
@@ -99,11 +117,14 @@ class MetricsLogger:
       rate = (step - self._s0) / (now - self._t0)
       scalars["images_per_s"] = rate * self.global_batch
       self._t0, self._s0 = now, step
-      logging.info("step %d/%d  %s  %.1f img/s", step, self.total_steps, _fmt(scalars),
-                   scalars["images_per_s"])
+      eta = ("" if self.progress is not None else  # else clu's progress line says it
+             f"  ETA {int((self.total_steps - step) / max(rate, 1e-9)) // 60} min")
+      logging.info("step %d/%d  %s  %.1f img/s%s", step, self.total_steps, _fmt(scalars),
+                   scalars["images_per_s"], eta)
     elif progress:
       logging.info("step %d/%d  %s", step, self.total_steps, _fmt(scalars))
-    self.writer.write_scalars(step, scalars)
+    if self.writer is not None:
+      self.writer.write_scalars(step, scalars)
     if self.jsonl:
       if self._row is not None and self._row["step"] != step:
         self.flush()
@@ -121,13 +142,14 @@ class MetricsLogger:
   def write_images(self, step: int, images: dict):
     """{name: uint8 (H, W, 3)} -> TensorBoard images (process 0 draws them; others pass)."""
     images = {k: np.asarray(v)[None] for k, v in images.items() if v is not None}
-    if images:
+    if images and self.writer is not None:
       self.writer.write_images(step, images)
 
   def close(self):
     self.flush()
-    self.writer.flush()
-    self.writer.close()
+    if self.writer is not None:
+      self.writer.flush()
+      self.writer.close()
     if self.jsonl:
       self.jsonl.close()
 

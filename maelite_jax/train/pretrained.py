@@ -19,12 +19,16 @@ The result must have exactly the target's structure and shapes, else a ConfigErr
 architecture the checkpoint holds.
 """
 
+import re
+
+import jax
 import numpy as np
 from absl import logging
 
 from maelite_jax.models.meta import CheckpointMeta, encoder_params
 from maelite_jax.models.posemb import resize_pos_table, sincos_table
 from maelite_jax.train import checkpoint as ckpt_lib
+from maelite_jax.train.mesh import path_str
 from maelite_jax.utils.errors import ConfigError
 
 
@@ -122,16 +126,43 @@ def load_into(path: str, target: dict, objective) -> tuple[dict, CheckpointMeta]
 
 
 def resolve_layer_decay(optim_cfg, init_path: str) -> float:
-  """config.optim.layer_decay, or (None) the preset for the objective of config.init's
-  checkpoint from config.optim.layer_decay_presets (MoCo-v3 encoders fine-tune with 0.75,
-  MAE's with 0.85; '' = a run without init or an imported checkpoint)."""
+  """config.optim.layer_decay, or (None) the preset for where the weights come from, from
+  config.optim.layer_decay_presets: the objective of config.init's checkpoint (MoCo-v3 encoders
+  fine-tune with 0.75, MAE's with 0.85), '' for a checkpoint without one (imported weights),
+  'scratch' without config.init (an imported MoCo-v3 encoder, recognised by its position
+  table's layout, counts as 'mocov3')."""
   if optim_cfg.layer_decay is not None:
     return float(optim_cfg.layer_decay)
-  objective = ""
+  source = "scratch"
   if init_path:
-    objective = CheckpointMeta.from_dict(ckpt_lib.load_meta(init_path)).objective
+    meta = CheckpointMeta.from_dict(ckpt_lib.load_meta(init_path))
+    # imported weights name no objective; a MoCo-v3 position table still says where they are from
+    source = meta.objective or ("mocov3" if meta.model.kwargs.get("posemb") == "mocov3" else "")
   presets = dict(optim_cfg.layer_decay_presets)
-  value = presets.get(objective, presets[""])
-  logging.info("layer decay %g (preset for %s)", value,
-               f"a {objective} checkpoint" if objective else "no pre-trained objective")
+  value = presets.get(source, presets[""])
+  logging.info("layer decay %g (the preset for %s)", value,
+               "training from scratch" if source == "scratch" else
+               f"a {source} checkpoint" if source else "imported weights")
   return float(value)
+
+
+def reset_params(params: dict, fresh: dict, regex: str) -> dict:
+  """`params` with the leaves whose path matches `regex` taken from `fresh` (config.init_reset:
+  e.g. the top blocks re-initialised before fine-tuning, the layer-wise analysis)."""
+  if not regex:
+    return params
+  pattern = re.compile(regex)
+  count = [0]
+
+  def pick(path, loaded, new):
+    if pattern.search(path_str(path)):
+      count[0] += 1
+      return new
+    return loaded
+
+  out = jax.tree_util.tree_map_with_path(pick, params, fresh)
+  if not count[0]:
+    raise ConfigError(f"config.init_reset={regex!r} matches no parameter. Fix: use a regex over "
+                      "paths like 'blocks_(6|7|8|9|10|11)/' (params are named like timm's ViT).")
+  logging.info("config.init_reset: %d arrays keep their fresh initialisation", count[0])
+  return out
