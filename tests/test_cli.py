@@ -66,7 +66,7 @@ def test_rerun_of_a_finished_run_resumes_and_does_nothing(workdir):
 
 
 @pytest.mark.parametrize("flag,message", [
-    ("--config.batch_sise=8", 'Did you mean "batch_size"'),
+    ("--config.batch_sise=8", "config has no key 'batch_sise' (did you mean config.batch_size?"),
     ("--config.model.image_size=30", "config.model.image_size: 30 is not a positive multiple"),
 ])
 def test_bad_overrides_give_one_clear_message(tmp_path, flag, message):

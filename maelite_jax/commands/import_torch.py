@@ -25,9 +25,9 @@ from maelite_jax import export
 from maelite_jax.export import io as export_io
 from maelite_jax.models.registry import (constructor_fields, create_model, list_models,
                                          model_class, model_kwargs)
-from maelite_jax.train.checkpoint import save_params
+from maelite_jax.train.checkpoint import checkpoint_dir, load_params, save_params
 from maelite_jax.utils import cli
-from maelite_jax.utils.errors import UserError
+from maelite_jax.utils.errors import CheckpointError, ConfigError, UserError
 
 
 def define_flags(fv=flags.FLAGS):
@@ -67,7 +67,15 @@ def import_checkpoint(torch_checkpoint: str, model: str, out: str, *, fmt: str |
   """Converts the file and saves it; returns (step dir, ImportReport)."""
   overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
   fmt = fmt or ("mae" if model.startswith("mae_") else "timm")
-  module = create_model(model, **overrides)
+  target = os.path.join(checkpoint_dir(out), str(step))
+  if os.path.exists(target):  # before the conversion: the answer does not depend on it
+    raise CheckpointError(f"--out {out} already holds checkpoint step {step} ({target}). Choose "
+                          "a new --out (or --step), or delete that checkpoint first.")
+  try:
+    module = create_model(model, **overrides)
+  except TypeError as e:  # an argument the model's constructor does not take
+    raise ConfigError(f"--model-arg / --image-size / --num-classes: {model} does not take "
+                      f"these arguments ({e}). Check the names against the model.") from None
   state_dict = export.read_state_dict(torch_checkpoint, allow_pickle=allow_pickle)
   params, report = export.from_torch_state_dict(state_dict, fmt, model=module, prefix=prefix,
                                                 allow_missing=allow_missing)
@@ -81,6 +89,7 @@ def import_checkpoint(torch_checkpoint: str, model: str, out: str, *, fmt: str |
                      "unexpected": report.unexpected, "resized": report.resized,
                      "posemb": report.posemb, "notes": report.notes}}
   step_dir = save_params(out, params, meta, step=step)
+  load_params(step_dir)  # read back and verified against its checksums: the copy is sound
   logging.info("imported %s into %s: %s", torch_checkpoint, step_dir, report.summary())
   return step_dir, report
 

@@ -25,6 +25,11 @@ _CONFIG, _WORKDIR = cli.define_flags("config file[:variant], e.g. configs/mae_ti
 
 def _main(argv):
   config = cli.start(argv, _CONFIG.value)
+  import jax
+  from maelite_jax.train.validate import validate_config
+  # The config's own checks first, in seconds: the trainer's imports (TensorFlow, clu) take
+  # tens of seconds on a small machine; the trainer checks again, with the data.
+  validate_config(config, num_devices=jax.device_count(), check_data=False)
   from maelite_jax.run import build_trainer
   trainer = build_trainer(config, _WORKDIR.value)
   final = trainer.run()
@@ -32,7 +37,8 @@ def _main(argv):
     logging.warning("preempted after step %d: the checkpoint is written; rerun the same command "
                     "to resume (exit status %d)", trainer.step, cli.EXIT_PREEMPTED)
     sys.exit(cli.EXIT_PREEMPTED)
-  logging.info("done: %s", {k: round(v, 5) for k, v in final.items()})
+  if final:  # else the run had already finished: the loop said so
+    logging.info("done: %s", {k: round(v, 5) for k, v in final.items()})
 
 
 def main():

@@ -170,6 +170,12 @@ def pretrain_skeleton() -> ml_collections.ConfigDict:
       # 'rollback' restores the last checkpoint with lr x nonfinite_lr_factor, 'stop' raises.
       nonfinite_policy="skip",
       nonfinite_lr_factor=0.5,
+      # 'skip' escalates: the run stops (exit 2, naming the step, the count and the likely
+      # causes) after more than nonfinite_max_consecutive non-finite steps in a row, or more than
+      # nonfinite_max_fraction of the last nonfinite_window steps (of the run, if shorter).
+      nonfinite_max_consecutive=20,
+      nonfinite_window=100,
+      nonfinite_max_fraction=0.25,
       data=imagenet_data(),
       optim=optim_config(),
       evals=ml_collections.ConfigDict(),

@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 from maelite_jax.data import fashion_mnist_builtin
 from maelite_jax.data import image_check
@@ -93,6 +94,8 @@ class TfdsSource(Source):
     return self._builder
 
   def validate(self, splits) -> None:
+    if self.name != BUILTIN:
+      self._check_data_dir()  # before tfds.builder, which creates a missing data_dir
     builder = self.builder
     if self.name == BUILTIN:
       known = set(fashion_mnist_builtin.SPLITS)
@@ -104,11 +107,33 @@ class TfdsSource(Source):
           raise config_error(attr, f'tfds dataset {self.name!r} has no feature {key!r} '
                              f'(it has {sorted(features)}).', f'set data.{attr} to one of them.')
     else:
+      self._check_can_prepare()
       return  # Splits are only known once prepared; preparing is too slow for a check.
     for key, split in splits.items():
       if _split_base(split) not in known:
         raise config_error(key, f'split {split!r} does not exist in tfds dataset {self.name!r} '
                            f'(splits: {sorted(known)}).', f'set data.{key} to one of them.')
+
+  def _check_data_dir(self):
+    """A data_dir that does not exist holds no prepared dataset: tfds would download into a
+    new folder (a typo), or retry for minutes offline."""
+    if self.data_dir and not os.path.isdir(os.path.expanduser(self.data_dir)):
+      raise config_error(
+          'data_dir', f'the folder {self.data_dir!r} does not exist, so tfds dataset '
+          f'{self.name!r} is not prepared there.', 'point data.data_dir at the folder that '
+          f'holds {self.name}/ (prepared by tfds), or create it to let tfds download into it.')
+
+  def _check_can_prepare(self):
+    """A dataset that is not prepared will be downloaded: fail now, in one paragraph, when this
+    machine is offline (tfds would retry for minutes)."""
+    where = self.data_dir or '~/tensorflow_datasets (the tfds default)'
+    if not _online():
+      raise config_error(
+          'dataset', f'tfds dataset {self.name!r} is not prepared in {where} and this machine '
+          'is offline (no DNS answer for storage.googleapis.com): tfds would retry the download '
+          'for minutes.', f'prepare it where there is network (`tfds build {self.name} '
+          '--data_dir DIR`) and set data.data_dir to DIR, or use '
+          f'{BUILTIN!r} (bundled) or {IMAGEFOLDER!r}.')
 
   def _prepare(self):
     if not self.builder.is_prepared():
@@ -175,6 +200,8 @@ class ImageFolderSource(Source):
     self.splits = dict(splits)  # config key -> split name, for messages and classes
     self.check_images = check_images  # drop files TF cannot decode (see image_check)
     self._files = {}
+    self._usable_cache = {}
+    self._classes = None
     self.reports = {}  # split -> counts of skipped / tiny / ignored files
 
   def _split_dir(self, split):
@@ -205,33 +232,50 @@ class ImageFolderSource(Source):
     split_dir = self._split_dir(split)
     return sorted(p for p in split_dir.iterdir() if p.is_dir()) if split_dir.is_dir() else []
 
-  @property
-  def classes(self) -> list:
-    names = set()
-    for split in self.splits.values():
-      names.update(p.name for p in self._class_dirs(split))
-    return sorted(names)
-
-  def files(self, split):
-    """(paths, labels) of the usable images in a fixed order (sorted), listed once per split;
-    unreadable files are left out here, never inside tf.data (see image_check)."""
-    if split not in self._files:
-      index = {name: i for i, name in enumerate(self.classes)}
-      paths, labels, ignored = [], [], 0
+  def _usable(self, split):
+    """(paths, class folder names) of the usable images of a split in a fixed (sorted) order,
+    listed and checked once; unreadable files are left out here, never inside tf.data (see
+    image_check)."""
+    if split not in self._usable_cache:
+      paths, names, ignored = [], [], 0
       for class_dir in self._class_dirs(split):
         found = []
-        for dirpath, _, names in os.walk(class_dir):
-          found += [os.path.join(dirpath, n) for n in names if _is_image(n)]
-          ignored += sum(1 for n in names if not _is_image(n) and not n.startswith('.'))
+        for dirpath, _, files in os.walk(class_dir):
+          found += [os.path.join(dirpath, n) for n in files if _is_image(n)]
+          ignored += sum(1 for n in files if not _is_image(n) and not n.startswith('.'))
         paths += sorted(found)
-        labels += [index[class_dir.name]] * len(found)
-      paths, labels = np.array(paths, dtype=object), np.array(labels, np.int32)
+        names += [class_dir.name] * len(found)
+      paths, names = np.array(paths, dtype=object), np.array(names, dtype=object)
       if self.check_images:
         keep, self.reports[split] = image_check.usable_files(
             str(self._split_dir(split)), list(paths), ignored, label=split)
         keep = np.array(keep, bool)
-        paths, labels = paths[keep], labels[keep]
-      self._files[split] = (paths, labels)
+        paths, names = paths[keep], names[keep]
+      self._usable_cache[split] = (paths, names)
+    return self._usable_cache[split]
+
+  @property
+  def classes(self) -> list:
+    """Class folders with at least one usable image in some split: an empty or all-unreadable
+    folder is no class (it would shift every later label and add an output never trained)."""
+    if self._classes is None:
+      folders, names = set(), set()
+      for split in self.splits.values():
+        folders.update(p.name for p in self._class_dirs(split))
+        names.update(self._usable(split)[1].tolist())
+      if folders - names:
+        logging.warning('image folder %s: class folder(s) %s hold no usable image in %s; they '
+                        'are not counted as classes', self.root, sorted(folders - names),
+                        sorted(set(self.splits.values())))
+      self._classes = sorted(names)
+    return self._classes
+
+  def files(self, split):
+    """(paths, labels) of the usable images of a split (see _usable)."""
+    if split not in self._files:
+      index = {name: i for i, name in enumerate(self.classes)}
+      paths, names = self._usable(split)
+      self._files[split] = (paths, np.array([index[n] for n in names], np.int32))
     return self._files[split]
 
   def num_examples(self, split):
@@ -268,6 +312,21 @@ def strided_counts(n: int, process_count: int, drop_remainder: bool) -> list:
   if drop_remainder:
     return [n // process_count] * process_count
   return [len(range(i, n, process_count)) for i in range(process_count)]
+
+
+def _online(host: str = 'storage.googleapis.com', timeout: float = 5.0) -> bool:
+  """Whether `host` resolves within `timeout` s (tfds's own mirror; a name lookup is what an
+  offline machine fails first)."""
+  import concurrent.futures
+  import socket
+  pool = concurrent.futures.ThreadPoolExecutor(1)
+  try:
+    pool.submit(socket.getaddrinfo, host, 443).result(timeout=timeout)
+    return True
+  except Exception:  # noqa: BLE001 - gaierror, timeout: no network
+    return False
+  finally:
+    pool.shutdown(wait=False)
 
 
 def _is_image(name: str) -> bool:

@@ -11,6 +11,8 @@ from typing import Any, Mapping
 import ml_dtypes
 import numpy as np
 
+from maelite_jax.utils.errors import WeightFileError
+
 # Where training scripts nest the weights inside a checkpoint dict (MAE: 'model', Lightning and
 # MoCo-v3: 'state_dict').
 WRAPPER_KEYS = ("model", "state_dict", "module")
@@ -93,9 +95,22 @@ def read_state_dict(path: str, allow_pickle: bool = False) -> dict:
   path = os.path.expanduser(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"no such PyTorch weight file: {path}")
+  if os.path.isdir(path):
+    raise WeightFileError(f"{path} is a folder, not a weight file: pass the .pth / .pth.tar / "
+                          ".safetensors file itself.")
+  size = os.path.getsize(path)
+  if size == 0:
+    raise WeightFileError(f"{path} is empty (0 bytes): the download or copy did not finish. "
+                          "Fetch or export it again.")
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file
-    return {k: to_numpy(v) for k, v in load_file(path).items()}
+    try:
+      loaded = load_file(path)
+    except Exception as e:  # noqa: BLE001 - safetensors' own error types (rust) vary
+      raise WeightFileError(f"{path} ({size} bytes) cannot be read as a .safetensors file "
+                            f"({type(e).__name__}: {e}): it is truncated, damaged or of another "
+                            "format. Fetch or export it again.") from e
+    return {k: to_numpy(v) for k, v in loaded.items()}
   try:
     import torch
   except ImportError as e:
@@ -103,14 +118,26 @@ def read_state_dict(path: str, allow_pickle: bool = False) -> dict:
                       "do not") from e
   try:
     checkpoint = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-  except Exception as e:  # torch raises UnpicklingError and friends for non-tensor objects
-    if allow_pickle:
-      raise
-    raise ValueError(f"{path} holds objects other than tensors ({e}); if you trust the file, "
-                     "load it with allow_pickle=True (--allow-pickle)") from e
+  except Exception as e:  # noqa: BLE001 - sorted below: refused objects or a damaged file
+    # torch's weights_only loader refuses objects by an UnpicklingError saying so; anything
+    # else (a zip without its directory, a pickle cut short) is a damaged file, which
+    # --allow-pickle would not read either.
+    if not allow_pickle and "Weights only load failed" in str(e):
+      first = str(e).split("\n")[0][:200]
+      raise WeightFileError(f"{path} holds objects other than tensors ({first}); if you trust "
+                            "the file, load it with allow_pickle=True (--allow-pickle)") from e
+    raise WeightFileError(f"{path} ({size} bytes) cannot be read as a PyTorch file "
+                          f"({type(e).__name__}: {_first_line(e)}): it is truncated or damaged. "
+                          "Fetch or export it again.") from e
   if not isinstance(checkpoint, Mapping):
-    raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a state dict")
+    raise WeightFileError(f"{path} holds a {type(checkpoint).__name__}, not a state dict")
   return {k: to_numpy(v) for k, v in unwrap(checkpoint).items()}
+
+
+def _first_line(e: Exception, limit: int = 200) -> str:
+  """The first sentence of an error (torch's zip errors go on for a paragraph)."""
+  text = str(e).strip().splitlines()
+  return (text[0].split(". ")[0] if text else "(no message)")[:limit]
 
 
 def strip_prefix(state_dict: Mapping[str, Any], prefix: str | None = None):
@@ -128,7 +155,7 @@ def strip_prefix(state_dict: Mapping[str, Any], prefix: str | None = None):
     found = sorted(k[:-len(ANCHOR_KEY)] for k in items
                    if k == ANCHOR_KEY or k.endswith("." + ANCHOR_KEY))
     if len(found) > 1 and "" not in found:
-      raise ValueError(f"the file holds several models (prefixes {found}); choose one with "
+      raise WeightFileError(f"the file holds several models (prefixes {found}); choose one with "
                        "prefix=... (--prefix), e.g. MoCo-v3's 'base_encoder.'")
     prefix = "" if not found or "" in found else found[0]
   if prefix and prefix.startswith("module.") and not any(k.startswith(prefix) for k in items):
@@ -139,7 +166,8 @@ def strip_prefix(state_dict: Mapping[str, Any], prefix: str | None = None):
     return items, "", []
   selected = {k[len(prefix):]: v for k, v in items.items() if k.startswith(prefix)}
   if not selected:
-    raise ValueError(f"no key starts with prefix {prefix!r}; keys look like {sorted(items)[:5]}")
+    raise WeightFileError(f"no key starts with prefix {prefix!r}; keys look like "
+                          f"{sorted(items)[:5]}")
   skipped = sorted(k for k in items if not k.startswith(prefix))
   return selected, prefix, skipped
 
@@ -154,10 +182,19 @@ def cast(state_dict: Mapping[str, np.ndarray], dtype: str = "float32") -> dict:
       else v) for k, v in state_dict.items()}
 
 
+def _umask_mode(path: str):
+  """Gives a written file the mode any new file gets (0644 under the usual umask 022):
+  safetensors' writer creates it 0600, unreadable to the rest of a team."""
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(path, 0o666 & ~umask)
+
+
 def write_safetensors(state_dict: Mapping[str, np.ndarray], path: str, metadata=None) -> str:
   from safetensors.numpy import save_file
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path, metadata=metadata)
+  _umask_mode(path)
   return path
 
 

@@ -22,6 +22,7 @@ from flax import traverse_util
 
 from maelite_jax.export import io
 from maelite_jax.models import posemb as posemb_lib
+from maelite_jax.utils.errors import MissingWeightsError, WeightFileError
 
 FORMATS = ("timm", "mae")
 _ORDER = ("cls_token", "pos_embed", "patch_embed", "proj", "blocks", "norm", "fc_norm", "head",
@@ -35,6 +36,10 @@ _SINCOS_TOL = 5e-3
 def _check_format(fmt: str):
   if fmt not in FORMATS:
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+
+
+def _listing(keys: list, limit: int = 12) -> str:
+  return str(keys) if len(keys) <= limit else f"{keys[:limit]} and {len(keys) - limit} more"
 
 
 def torch_key(path: tuple[str, ...]) -> str:
@@ -86,7 +91,7 @@ def to_torch_state_dict(params: Mapping[str, Any], fmt: str = "timm", *,
   flat = _flat(params)
   is_mae = any(p[0] == "encoder" for p in flat)
   if fmt == "mae" and not is_mae:
-    raise ValueError("the 'mae' format needs MAE params (with an 'encoder' subtree and the "
+    raise WeightFileError("the 'mae' format needs MAE params (with an 'encoder' subtree and the "
                      "decoder); export a ViT with fmt='timm'")
   if fmt == "timm" and is_mae:
     flat = {p: v for p, v in flat.items() if p[0] == "encoder"}
@@ -175,8 +180,9 @@ def _check_fixed_table(key, value, report, model_layout: str | None = "mae"):
   report.posemb = layout
   if layout != (model_layout or "mae"):
     if model_layout is None:
-      raise ValueError(f"pos_embed in the file is the fixed sin-cos table in {layout!r} layout, "
-                       "but this model's encoder always uses MAE's; load it into a vit_* model")
+      raise WeightFileError(f"pos_embed in the file is the fixed sin-cos table in {layout!r} "
+                            "layout, but this model's encoder always uses MAE's; load it into a "
+                            "vit_* model")
     msg = (f"pos_embed in the file is the fixed sin-cos table in {layout!r} layout, not the "
            f"target's {model_layout!r}: build the model with posemb={layout!r} (import_torch.py "
            "records it in the checkpoint)")
@@ -196,7 +202,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], fmt: str = "timm", *, m
   _check_format(fmt)
   expected = _flat(_init(model, abstract=True))
   if fmt == "timm" and any(p[0] == "encoder" for p in expected):
-    raise ValueError("the 'timm' format holds only an encoder; load it into a vit_* model, or "
+    raise WeightFileError("the 'timm' format holds only an encoder; load it into a vit_* model, or "
                      "use fmt='mae' for a whole MAE checkpoint")
   sd, used_prefix, skipped = io.strip_prefix(state_dict, prefix)
   sd = {k: io.to_numpy(v) for k, v in sd.items()}
@@ -219,12 +225,15 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], fmt: str = "timm", *, m
     if key in sd and sd[key].ndim == 3:
       _check_fixed_table(key, sd.pop(key), report, getattr(model, "posemb", None))
   if bad_shapes:
-    raise ValueError("shape mismatch between the file and the model (check --model, "
-                     "--image-size, --num-classes, --model-arg):\n  " + "\n  ".join(bad_shapes))
+    more = f"; and {len(bad_shapes) - 8} more" if len(bad_shapes) > 8 else ""
+    raise WeightFileError("shape mismatch between the file and the model: "
+                          + "; ".join(bad_shapes[:8]) + more + ". Check --model, --image-size, "
+                          "--num-classes and --model-arg against the file.")
   report.unexpected = sorted(sd, key=_sort_key)
   if missing:
     if not allow_missing:
-      raise KeyError(f"the file lacks {len(missing)} weights of the model: {missing}. Check the "
+      raise MissingWeightsError(
+          f"the file lacks {len(missing)} weights of the model: {_listing(missing)}. Check the "
                      f"prefix (used {used_prefix!r}), the format and the model arguments "
                      "(e.g. num_classes), or pass allow_missing to keep their initial values")
     init = _flat(_init(model, abstract=False))

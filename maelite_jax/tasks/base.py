@@ -33,6 +33,10 @@ What it declares as data:
                the loop places them on the mesh and passes them into the jitted step
   frozen_regex parameter paths the optimizer never moves (lr 0, no weight decay)
   head         extra model arguments for the checkpoint meta (a segmentation head) or None
+  checked_metrics  names of per-step metrics the loop reads back at log and checkpoint steps
+               (no per-step host sync) and hands to `check_step(step, {name: value})`, which
+               raises a UserError for data the objective cannot learn from (a classifier's
+               labels >= num_classes); they are not logged
 """
 
 from typing import Any
@@ -50,6 +54,7 @@ class Objective:
   frozen: Any = None
   frozen_regex: str = ""
   head: dict | None = None
+  checked_metrics: tuple[str, ...] = ()
 
   def init(self, rng, example) -> tuple[Any, dict]:
     raise NotImplementedError
@@ -66,6 +71,10 @@ class Objective:
   def inference_params(self, params, extra) -> dict:
     del extra
     return {"": params}
+
+  def check_step(self, step: int, values: dict) -> None:
+    """Raises a UserError when one step's `checked_metrics` show unusable data."""
+    del step, values
 
   def encoder_params(self, params):
     """The plain ViT tree inside this objective's params."""

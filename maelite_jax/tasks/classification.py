@@ -50,6 +50,9 @@ class Classification(Objective):
   """
   encoder_key = ""
   fresh_keys = ("head", "fc_norm")
+  # The global batch's smallest and largest label, checked against num_classes as data arrive
+  # (an out-of-range label has an all-zero one-hot target: loss 0, no gradient, no error).
+  checked_metrics = ("label_min", "label_max")
 
   def __init__(self, config):
     self.model, self.spec = classifier_from_config(config.model)
@@ -85,6 +88,9 @@ class Classification(Objective):
     """Random erasing, then mixup/cutmix into soft targets, drawn for the global batch (the
     mixing partner of an image is another row of the whole batch)."""
     images, labels = batch["image"], batch["label"]
+    # Broadcast to every row so that each micro-batch carries the global batch's range.
+    label_range = jnp.broadcast_to(jnp.stack([labels.min(), labels.max()]).astype(jnp.float32),
+                                   (labels.shape[0], 2))
     r_erase, r_mix = jax.random.split(rng)
     if self.aug.reprob > 0:
       b, h, w, c = images.shape
@@ -98,7 +104,22 @@ class Classification(Objective):
                                          self.aug.label_smoothing)
     else:
       target = cls_obj.smooth_targets(labels, self.num_classes, self.aug.label_smoothing)
-    return dict(batch, image=images, target=target)
+    return dict(batch, image=images, target=target, label_range=label_range)
+
+  def _label_metrics(self, batch) -> dict:
+    return {"label_min": batch["label_range"][0, 0], "label_max": batch["label_range"][0, 1]}
+
+  def check_step(self, step, values):
+    low, high = round(float(values["label_min"])), round(float(values["label_max"]))
+    n = self.num_classes
+    if low < 0 or high >= n:
+      bad = high if high >= n else low
+      raise ConfigError(
+          f"config.model.num_classes: the batch of step {step} has label {bad}, but the model "
+          f"has {n} class(es) (labels 0..{n - 1}); such a label trains nothing (its one-hot "
+          f"target is all zeros: loss 0, no gradient). Set --config.model.num_classes to the "
+          f"number of classes of the data (at least {max(high + 1, n)}), or check "
+          "config.data.label_key and the data's labels.")
 
   def loss(self, params, extra, batch, rng, step, frozen=None):
     if self.linear_probe:
@@ -107,7 +128,7 @@ class Classification(Objective):
                                  rngs={"droppath": rng})
     loss = cls_obj.soft_cross_entropy(logits, batch["target"])
     top1 = jnp.mean(cls_obj.topk_correct(logits, batch["label"], 1))
-    return loss, ({"loss": loss, "train_top1": top1}, extra)
+    return loss, ({"loss": loss, "train_top1": top1, **self._label_metrics(batch)}, extra)
 
   def _probe_loss(self, params, extra, batch):
     """Frozen encoder (eval mode) -> BatchNorm(no affine, batch stats) -> head; updates the
@@ -124,7 +145,8 @@ class Classification(Objective):
     n, m, old = feats.shape[0], PROBE_NORM_MOMENTUM, extra["probe_norm"]
     stats = {"mean": (1 - m) * old["mean"] + m * mean,
              "var": (1 - m) * old["var"] + m * var * n / max(n - 1, 1)}
-    return loss, ({"loss": loss, "train_top1": top1}, dict(extra, probe_norm=stats))
+    return loss, ({"loss": loss, "train_top1": top1, **self._label_metrics(batch)},
+                  dict(extra, probe_norm=stats))
 
   def inference_params(self, params, extra):
     """The params evaluated, kept as best and exported: the probe's norm folded into the head;

@@ -133,9 +133,11 @@ def verify(tree: dict, meta: dict, where: str) -> None:
   got = fingerprint_json(tree)
   bad = sorted(k for k in got if k in want and got[k] != want[k])
   if bad:
-    raise CheckpointError(f"checkpoint {where} is damaged: {len(bad)} array(s) differ from the "
-                          f"checksums written at save time (first: {bad[0]}). Use another step "
-                          "(or the run's previous checkpoint) or restore the files from a copy.")
+    step = os.path.basename(os.path.normpath(where))
+    raise CheckpointError(f"checkpoint step {step} ({where}) is damaged: {len(bad)} array(s) "
+                          f"differ from the checksums written at save time (first: {bad[0]}). "
+                          "Use another step (or the run's previous checkpoint) or restore the "
+                          "files from a copy.")
 
 
 def restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> dict:
@@ -175,9 +177,17 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   return None
 
 
+def last_complete_checkpoint(workdir: str) -> str | None:
+  """The newest finished step folder of a workdir (for messages), or None."""
+  path = checkpoint_dir(workdir)
+  steps = ocp.utils.checkpoint_steps(path) if os.path.isdir(path) else []
+  return os.path.join(path, str(max(steps))) if steps else None
+
+
 def _first_line(e: Exception, limit: int = 300) -> str:
   text = str(e).strip().splitlines()
-  return (text[0] if text else "")[:limit]
+  # tensorstore appends a dump of its spec (a bound method repr): no help to anyone
+  return (text[0] if text else "").split(" See full TensorStore details")[0][:limit].rstrip(".")
 
 
 def _move_aside(manager: ocp.CheckpointManager, step_dirs: list):
@@ -246,15 +256,30 @@ def load_params(path: str) -> tuple[Any, dict]:
   handler = ocp.PyTreeCheckpointHandler()
   try:
     tree_meta = handler.metadata(epath.Path(step_dir) / "state")
+  except Exception as e:  # noqa: BLE001 - unreadable metadata: damaged or not ours
+    tree_meta, error = None, e
+  else:
+    error = None
   finally:
     handler.close()
+  if tree_meta is None:
+    raise CheckpointError(
+        f"checkpoint step {step} ({step_dir}) cannot be read: its array metadata is missing or "
+        f"damaged ({_first_line(error) if error else 'no tree metadata'}). Use another step or "
+        "restore the files from a copy.")
   if "params" not in tree_meta:
     raise CheckpointError(f"checkpoint {step_dir} has no 'params' entry (found "
                           f"{list(tree_meta)}): it was not written by this project.")
   # Restored as host numpy arrays: no device placement or sharding needed to read weights.
   restore_args = jax.tree.map(_np_restore_arg, tree_meta)
-  restored = checkpointer.restore(
-      os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  try:
+    restored = checkpointer.restore(
+        os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  except Exception as e:  # noqa: BLE001 - truncated or missing array files
+    raise CheckpointError(
+        f"checkpoint step {step} ({step_dir}) cannot be read ({type(e).__name__}: "
+        f"{_first_line(e)}): it is truncated or damaged. Use another step or restore the files "
+        "from a copy.") from e
   verify({"params": restored["params"]}, meta, step_dir)
   logging.info("loaded params of step %d from %s", step, step_dir)
   return restored["params"], meta
@@ -266,6 +291,11 @@ def _np_restore_arg(_):
 
 def save_params(workdir: str, params: Any, meta: dict, step: int = 0) -> str:
   """Writes params (e.g. imported from PyTorch) in the training layout; returns the step dir."""
+  step_dir = os.path.join(checkpoint_dir(workdir), str(step))
+  if os.path.exists(step_dir):
+    raise CheckpointError(f"{step_dir} already exists: writing step {step} there would replace "
+                          "a checkpoint. Choose another output folder (or another step), or "
+                          "delete that one first.")
   manager = make_manager(workdir, async_save=False, max_to_keep=None)
   save(manager, step, {"params": params}, meta, force=True)
   manager.wait_until_finished()

@@ -9,6 +9,7 @@ evaluation to <workdir>/results.csv. The loop never looks inside an objective be
 contract, and no objective sees the loop.
 """
 
+import collections
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from jax.experimental import multihost_utils
 from maelite_jax import data as data_lib
 from maelite_jax.models.meta import CheckpointMeta, vit_name
 from maelite_jax.train import checkpoint as ckpt_lib
+from maelite_jax.train import lock as lock_lib
 from maelite_jax.train import mesh as mesh_lib
 from maelite_jax.train import optim
 from maelite_jax.train import pretrained
@@ -32,7 +34,8 @@ from maelite_jax.train.program import StepProgram
 from maelite_jax.train.schedule import schedule_lengths
 from maelite_jax.train.step import TrainState
 from maelite_jax.train.validate import check_checkpoint_space, validate_config
-from maelite_jax.utils.errors import ConfigError
+from maelite_jax.utils.errors import (ConfigError, DiskFullError, NonFiniteError, UserError,
+                                      disk_full_message, is_disk_full)
 
 # Rollbacks that end at or before the step that caused the previous one (no progress) before the
 # run stops: a NaN that survives repeated lr cuts is a bad batch or a bug, not an lr problem.
@@ -56,6 +59,12 @@ class Trainer:
     os.makedirs(workdir, exist_ok=True)
     self.mesh = mesh_lib.make_mesh(devices)
     self.total_steps, self.warmup_steps = schedule_lengths(config)
+    if self.total_steps < 1:  # validate_config saw total_epochs > 0: too few for one step
+      per_epoch = data_lib.steps_per_epoch(config.data, config.batch_size)
+      raise ConfigError(
+          f"config.total_epochs: {config.total_epochs:g} epoch(s) of {per_epoch} step(s) (a "
+          f"batch of {config.batch_size}) is {self.total_steps} training steps. Use more epochs "
+          "or give the run length in steps (--config.total_steps=N).")
     self.program = StepProgram(config, objective, self.mesh, total_steps=self.total_steps,
                                warmup_steps=self.warmup_steps)
     self.schedule = self.program.schedule
@@ -111,7 +120,23 @@ class Trainer:
 
   def run(self, stop_at: int | None = None) -> dict:
     """Trains until total_steps (or stops, checkpointed, after step `stop_at`, as a preemption
-    would); returns the last logged metrics and the final evaluation's scalars."""
+    would); returns the last logged metrics and the final evaluation's scalars.
+
+    The workdir is locked for the whole run (train/lock.py): a second run on it stops with a
+    paragraph naming this one. A full disk becomes one paragraph naming the device, its free
+    space and the last complete checkpoint."""
+    lock = lock_lib.lock_workdir(self.workdir)
+    try:
+      return self._run(stop_at)
+    except Exception as e:
+      if is_disk_full(e) and not isinstance(e, UserError):
+        last = ckpt_lib.last_complete_checkpoint(self.workdir)
+        raise DiskFullError(disk_full_message(self.workdir, last)) from e
+      raise
+    finally:
+      lock.release()
+
+  def _run(self, stop_at):
     cfg = self.config
     manager = ckpt_lib.make_manager(self.workdir, save_interval_steps=cfg.checkpoint_every,
                                     max_to_keep=cfg.keep_checkpoints)
@@ -128,9 +153,9 @@ class Trainer:
             f"config.total_steps: the workdir {self.workdir} holds a checkpoint of step {start}, "
             f"past this run's {self.total_steps} steps. Use a new --workdir, or a total_steps "
             f">= {start} to continue training.")
-      logging.info("this run already finished at step %d (its total_steps); nothing to do. Use "
-                   "a new --workdir to train again, or raise --config.total_steps to continue.",
-                   start)
+      logging.warning("this run already finished at step %d (its total_steps); nothing to do. "
+                      "Use a new --workdir to train again, or raise --config.total_steps to "
+                      "continue.", start)
       return {}
     self.lr_scale = float(jax.device_get(state.guard.get("lr_scale", 1.0)))
     if jax.process_index() == 0:
@@ -173,6 +198,13 @@ class Trainer:
     multi_process = jax.process_count() > 1
     self._skipped_seen = int(jax.device_get(state.guard.get("nonfinite_count", 0)))
     self._last_failure, self._repeats = -1, 0
+    # Per-step values read back at log and checkpoint steps, not every step (no host sync):
+    # 'skip''s non-finite flags (escalation) and the objective's checked metrics (labels).
+    self._pending = []
+    self._streak = 0  # non-finite steps in a row under 'skip'
+    self._window = collections.deque(maxlen=min(cfg.nonfinite_window, self.total_steps))
+    checked = tuple(self._checked_metrics) + (
+        ("nonfinite",) if self.nonfinite_policy == "skip" else ())
     train_step, frozen = self.program.train_step, self.program.frozen
     step = start
     while step < self.total_steps:
@@ -185,6 +217,8 @@ class Trainer:
         stop.requested = True
       batch = next(train_iter)
       state, metrics = train_step(state, batch, frozen)
+      if checked:
+        self._pending.append((step, {k: metrics[k] for k in checked}))
       if step == start + 1:
         jax.block_until_ready(metrics)
         logging.info("first step (compile + run) took %.1f s", time.perf_counter() - t_compile)
@@ -193,6 +227,7 @@ class Trainer:
       # the other policies read one scalar per step so that no later step or save happens.
       if self.nonfinite_policy != "skip" and jax.device_get(metrics["nonfinite"]):
         state = self._on_nonfinite(state, step, manager)
+        self._pending = []  # values of steps that are being redone
         step = int(jax.device_get(state.step))
         train_iter = self._train_iter(step)
         logger.start(step)
@@ -201,13 +236,19 @@ class Trainer:
       final = step == self.total_steps
       eval_now = bool(self.evals) and not stop.requested and (final or any(
           ev.due(step, False) for ev in self.evals.evaluators))
-      if step % cfg.log_every == 0 or step == start + 1 or final or stop.requested:
-        scalars = dict(jax.device_get(metrics), lr=self.schedule(step - 1) * self.lr_scale)
+      save_now = step % cfg.checkpoint_every == 0 or final or stop.requested
+      log_now = step % cfg.log_every == 0 or step == start + 1 or final or stop.requested
+      if log_now or save_now:
+        self._read_checks(step, manager)
+      if log_now:
+        scalars = {k: v for k, v in jax.device_get(metrics).items()
+                   if k not in self._checked_metrics}
+        scalars["lr"] = self.schedule(step - 1) * self.lr_scale
         last = logger.write(step, scalars)
         self._report_skipped(step, last)
         if not eval_now:  # else the step's evaluations join its metrics.jsonl row
           logger.flush()
-      if step % cfg.checkpoint_every == 0 or final or stop.requested:
+      if save_now:
         self._save(manager, step, state)
       if eval_now and not final:  # the final evaluation runs after the loop
         with logger.timed("eval"):
@@ -304,6 +345,54 @@ class Trainer:
                       total - self._skipped_seen, total)
       self._skipped_seen = total
 
+  def _read_checks(self, step, manager):
+    """Reads the pending per-step values back (one transfer) and applies the objective's
+    checks and 'skip''s escalation, step by step."""
+    if not self._pending:
+      return
+    steps = [s for s, _ in self._pending]
+    values = jax.device_get([v for _, v in self._pending])
+    self._pending = []
+    for s, v in zip(steps, values):
+      if self._checked_metrics:
+        self.objective.check_step(s, {k: v[k] for k in self._checked_metrics})
+      if "nonfinite" not in v:
+        continue
+      bad = bool(v["nonfinite"])
+      self._streak = self._streak + 1 if bad else 0
+      self._window.append(bad)
+      cfg = self.config
+      limit = cfg.nonfinite_max_fraction * self._window.maxlen
+      if self._streak > cfg.nonfinite_max_consecutive:
+        raise self._escalation(s, manager, f"{self._streak} non-finite steps in a row (steps "
+                               f"{s - self._streak + 1}-{s}; more than config."
+                               f"nonfinite_max_consecutive={cfg.nonfinite_max_consecutive})")
+      if sum(self._window) > limit:
+        raise self._escalation(s, manager, f"{sum(self._window)} non-finite steps among the "
+                               f"last {self._window.maxlen} (more than config."
+                               f"nonfinite_max_fraction={cfg.nonfinite_max_fraction:g} of them)")
+
+  @property
+  def _checked_metrics(self) -> tuple:
+    return tuple(getattr(self.objective, "checked_metrics", ()))
+
+  def _escalation(self, step, manager, what: str) -> NonFiniteError:
+    """'skip' gives up: the run is not learning. Names the step, the count and the causes."""
+    cfg = self.config
+    manager.wait_until_finished()
+    latest = manager.latest_step()
+    where = ("no checkpoint was written yet" if latest is None else
+             f"the last checkpoint is step {latest} in {ckpt_lib.checkpoint_dir(self.workdir)}, "
+             "and a rerun resumes from it")
+    peak = optim.scaled_lr(cfg.optim, cfg.batch_size) * self.lr_scale
+    mask = (f", the mask ratio (config.model.mask_ratio={cfg.model.mask_ratio:g}: at least one "
+            "patch must be masked and one kept)" if "mask_ratio" in cfg.model else "")
+    return NonFiniteError(
+        f"step {step}: {what} with config.nonfinite_policy='skip'; their updates were dropped, "
+        f"so the run is not learning. Likely causes: the learning rate (config.optim.base_lr="
+        f"{cfg.optim.base_lr:g}, peak lr {peak:.3g}; lower it or set config.optim.grad_clip)"
+        f"{mask}, or the data (NaN/Inf or constant images, labels). Stopped; {where}.")
+
   def _on_nonfinite(self, state, step, manager):
     """'stop': a clear error, no checkpoint of this step. 'rollback': the last good checkpoint
     (or the initial state) with the lr scaled by config.nonfinite_lr_factor, saved with it."""
@@ -313,7 +402,7 @@ class Trainer:
     where = ("no checkpoint was written yet" if latest is None else
              f"the last good checkpoint is step {latest} in {ckpt_dir}")
     if self.nonfinite_policy == "stop":
-      raise FloatingPointError(
+      raise NonFiniteError(
           f"non-finite loss or gradients at step {step} (config.nonfinite_policy='stop'); the "
           f"update was not applied and nothing after step {latest or 0} was saved: {where}. "
           "Lower config.optim.base_lr, set config.optim.grad_clip, or set "
@@ -321,7 +410,7 @@ class Trainer:
     self._repeats = self._repeats + 1 if step <= self._last_failure else 1
     self._last_failure = max(step, self._last_failure)
     if self._repeats > MAX_ROLLBACKS_WITHOUT_PROGRESS:
-      raise FloatingPointError(
+      raise NonFiniteError(
           f"non-finite loss or gradients at step {step} again after "
           f"{MAX_ROLLBACKS_WITHOUT_PROGRESS} rollbacks (lr scale now {self.lr_scale:g}): likely a "
           f"bad batch or a bug, not the lr; {where}. Try config.nonfinite_policy='skip'.")

@@ -117,8 +117,10 @@ def load_into(path: str, target: dict, objective) -> tuple[dict, CheckpointMeta]
   params = map_pretrained(target, loaded, meta, objective)
   if _shapes(params) != _shapes(target):
     raise ConfigError(
-        f"config.init={path} does not fit model {objective.spec.name}: the checkpoint holds "
-        f"{meta.model.name} {meta.model.kwargs}. Use a checkpoint of the same architecture "
+        f"config.init={path} does not fit model {objective.spec.name} "
+        f"{dict(sorted(objective.spec.kwargs.items()))}: the checkpoint holds "
+        f"{meta.model.name} {dict(sorted(meta.model.kwargs.items()))}. Use a checkpoint of the "
+        "same architecture "
         "(same widths, depth, patch size) or convert one with scripts/import_torch.py.")
   return params, meta
 

@@ -121,6 +121,12 @@ def validate_config(config, *, num_devices: int, workdir: str | None = None,
       _fail(key, f"{config[key]} is below 1", "Use an integer >= 1 (keep_checkpoints >= 1: the "
             "final checkpoint is never deleted)." if key == "keep_checkpoints" else
             "Use a step interval >= 1.")
+  for key in ("nonfinite_max_consecutive", "nonfinite_window"):
+    if config[key] < 1:
+      _fail(key, f"{config[key]} is below 1", "Use an integer >= 1 (e.g. 20 / 100).")
+  if not 0.0 < config.nonfinite_max_fraction <= 1.0:
+    _fail("nonfinite_max_fraction", f"{config.nonfinite_max_fraction} is outside (0, 1]",
+          "It is the share of non-finite steps in a window that stops the run; e.g. 0.25.")
   if not 0.0 < config.nonfinite_lr_factor <= 1.0:
     _fail("nonfinite_lr_factor", f"{config.nonfinite_lr_factor} is outside (0, 1]",
           "Each rollback multiplies the lr by it; e.g. 0.5.")

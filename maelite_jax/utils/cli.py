@@ -2,8 +2,8 @@
 multi-host start, the persistent compilation cache (utils/compile_cache.py; --compilation_cache,
 --compilation_cache_dir), and one error path.
 
-Exit codes (documented in the README):
-  0   finished
+Exit codes (documented in docs/reliability.md):
+  0   finished (or already finished: nothing to do)
   1   a crash (a bug): the traceback is printed
   2   a user error (config, data, checkpoint, import/export file, full disk, missing file): one
       paragraph naming the problem and the fix, no traceback (`--debug` or MAELITE_DEBUG=1
@@ -11,9 +11,7 @@ Exit codes (documented in the README):
   75  preempted (SIGTERM/SIGINT): the checkpoint is written, rerun the same command to resume
 """
 
-import errno
 import os
-import shutil
 import sys
 
 from absl import app, flags, logging
@@ -21,7 +19,8 @@ from ml_collections import config_flags
 
 from maelite_jax.utils import compile_cache
 from maelite_jax.utils import distributed as distributed_lib
-from maelite_jax.utils.errors import UserError
+from maelite_jax.utils.errors import (ConfigError, UserError, disk_full_message, failed_path,
+                                      is_disk_full)
 
 # TensorFlow's C++ INFO lines (oneDNN notices at import) are not ours; warnings still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -76,23 +75,106 @@ def _debug() -> bool:
                                              if flags.FLAGS.is_parsed() else False)
 
 
+# ----------------------------------------------------------------- user errors -> one paragraph
+
 def user_error_message(e: BaseException) -> str | None:
   """The one paragraph for a user error, or None for a bug."""
   if isinstance(e, UserError):
     return str(e)
+  if is_disk_full(e):
+    return disk_full_message(failed_path(e) or os.getcwd())
   if isinstance(e, FileNotFoundError):
     return f"{e}. Check the path."
-  if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-    where = e.filename or os.getcwd()
-    probe = where
-    while probe and not os.path.exists(probe):
-      probe = os.path.dirname(probe)
-    free = shutil.disk_usage(probe or ".").free / 2**20
-    device = os.stat(probe or ".").st_dev
-    return (f"no space left on the device holding {where} (device {device >> 8}:{device & 0xff}, "
-            f"{free:.0f} MiB free). Free space or move the workdir; a rerun resumes from the "
-            "last complete checkpoint (incomplete ones are ignored).")
   return None
+
+
+def _config_flags():
+  """The names and values of the config-file flags (--config, --finetune_config, ...)."""
+  for name in list(flags.FLAGS):
+    flag = flags.FLAGS[name]
+    if type(flag).__name__ == "_ConfigFlag":
+      yield name, flag
+
+
+def _check_configs_loaded():
+  """ml_collections defers a config file's load error until the config is first read; this
+  reads it now, as one paragraph naming the flag and the file."""
+  for name, flag in _config_flags():
+    value = flag.value
+    if type(value).__name__ == "_ErrorConfig":
+      error = object.__getattribute__(value, "_error")
+      reason = [line.strip() for line in str(error).splitlines() if line.strip()][-1]
+      path = _flag_argument(sys.argv, name) or ""
+      raise ConfigError(f"--{name} {path}: the config file cannot be loaded ({reason}). "
+                        "Pass an existing config file, e.g. configs/mae_tiny.py:cpu "
+                        "(FILE[:VARIANT]).")
+
+
+def _flag_argument(argv, name: str) -> str | None:
+  """The value given to --name (as --name=V or --name V) on the command line, if any."""
+  found = None  # the last one wins, as in absl
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{name}="):
+      found = arg.split("=", 1)[1]
+    elif arg == f"--{name}" and i + 1 < len(argv):
+      found = argv[i + 1]
+  return found
+
+
+def load_config_file(spec: str):
+  """FILE[:VARIANT] -> FILE's get_config(VARIANT), as ml_collections' --config loads it."""
+  import importlib.util
+  path, _, variant = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("maelite_config_check", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(*([variant] if variant else []))
+
+
+def _override_problem(argv, error: BaseException) -> str:
+  """Names the --config.* override that the config has no key for, with the keys it has."""
+  import difflib
+  for name, _ in _config_flags():
+    spec = _flag_argument(argv, name)
+    if not spec:
+      continue
+    try:
+      config = load_config_file(spec)
+    except Exception:  # noqa: BLE001 - the file itself is the problem: reported elsewhere
+      continue
+    for arg in argv:
+      if not arg.startswith(f"--{name}."):
+        continue
+      path = arg.split("=", 1)[0][len(f"--{name}."):]
+      node, walked = config, name
+      for part in path.split("."):
+        keys = list(node.keys()) if hasattr(node, "keys") else []
+        if part not in keys:
+          near = difflib.get_close_matches(part, keys, n=1)
+          hint = f"did you mean {walked}.{near[0]}? " if near else ""
+          listing = (f"{hint}its keys: {', '.join(sorted(keys))}" if keys else
+                     f"{walked} is a value, not a group")
+          return (f"{arg.split('=', 1)[0]}: {walked} has no key {part!r} ({listing}). Check "
+                  f"the key against the config file {spec.split(':')[0]}; "
+                  "unknown keys are rejected.")
+        node, walked = node[part], f"{walked}.{part}"
+  msg = str(error).strip("'\"").replace("\\'", "'").replace("\\n", " ")
+  return (f"config: {msg}. Check the key names and types of your --config.* flags against the "
+          "config file (unknown keys and wrong types are rejected).")
+
+
+def parse_flags(argv, parser=None):
+  """absl's flag parsing with its errors as one paragraph and exit status 2 (absl: 1)."""
+  try:
+    return (parser or flags.FLAGS)(argv)
+  except flags.Error as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    # a config file that raised while loading: the traceback's last line is its message
+    reason = lines[-1] if lines else str(e)
+    if lines and "Error whilst parsing config file" in str(e):
+      reason = f"{lines[0].split(':', 1)[0]}: {reason}"
+    print(f"error: {reason}. See --helpshort for the flags.", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
 
 
 def run(main, flags_parser=None, verbosity=logging.INFO):
@@ -101,31 +183,28 @@ def run(main, flags_parser=None, verbosity=logging.INFO):
 
   def wrapped(argv):
     started["main"] = True
-    if _DRY_RUN.value:  # the flags (and --config with its overrides) parsed: the line is valid
-      if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-      print("dry run: the command line is valid; nothing was run", flush=True)
-      return 0
     try:
+      _check_configs_loaded()
+      if _DRY_RUN.value:  # the flags (and --config with its overrides) parsed: the line is valid
+        if len(argv) > 1:
+          raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        print("dry run: the command line is valid; nothing was run", flush=True)
+        return 0
       compile_cache.setup(_CACHE.value, _CACHE_DIR.value)  # before anything compiles
       return main(argv)
     except Exception as e:  # noqa: BLE001 - classified below; bugs are re-raised
       message = user_error_message(e)
       if message is None or _debug():
         raise
-      logging.error("%s", message)
       print(f"error: {message}", file=sys.stderr, flush=True)
       sys.exit(EXIT_USER_ERROR)
 
   logging.set_verbosity(verbosity)
   try:
-    app.run(wrapped, **({"flags_parser": flags_parser} if flags_parser else {}))
+    app.run(wrapped, flags_parser=lambda argv: parse_flags(argv, flags_parser))
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     if started["main"]:
       raise
-    # An error while parsing --config.* overrides (unknown key, wrong type) or loading the file.
-    msg = str(e).strip("'\"").replace("\\'", "'").replace("\\n", " ")
-    print(f"error: config: {msg}. Check the key names and types of your --config.* flags "
-          "against the config file (unknown keys and wrong types are rejected).",
-          file=sys.stderr, flush=True)
+    # An error while applying --config.* overrides (unknown key, wrong type) or loading the file.
+    print(f"error: {_override_problem(sys.argv, e)}", file=sys.stderr, flush=True)
     sys.exit(EXIT_USER_ERROR)
