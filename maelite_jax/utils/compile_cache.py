@@ -58,7 +58,9 @@ def setup(enabled: bool = True, path: str | None = None) -> str | None:
   from jax.experimental.compilation_cache import compilation_cache
   # JAX decides once per process whether the cache is used (at its first compilation); reset
   # so that a compilation before this call (e.g. an import-time jnp op) cannot pin that choice.
-  compilation_cache.reset_cache()
+  from jax._src import compilation_cache as jax_cache_state
+  if jax_cache_state._cache_checked:  # only then is there a choice to undo (and a log line)
+    compilation_cache.reset_cache()
   where = resolve_dir(enabled, path)
   if where is None:
     jax.config.update("jax_enable_compilation_cache", False)
