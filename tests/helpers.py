@@ -1,10 +1,31 @@
 """Small helpers shared by the training tests."""
 
+import contextlib
 import json
 import os
 
 import jax
 import numpy as np
+
+
+@contextlib.contextmanager
+def persistent_compile_cache(path: str):
+  """JAX's persistent compilation cache in `path` for every program (no size or time floor),
+  for the block: subprocesses started with its directory in their environment reuse what this
+  process compiled. JAX's settings and cache state are restored afterwards."""
+  from jax._src import compilation_cache
+  values = {"jax_compilation_cache_dir": path, "jax_persistent_cache_min_compile_time_secs": 0.0,
+            "jax_persistent_cache_min_entry_size_bytes": 0}
+  old = {k: jax.config.values[k] for k in values}
+  for k, v in values.items():
+    jax.config.update(k, v)
+  compilation_cache.reset_cache()
+  try:
+    yield path
+  finally:
+    for k, v in old.items():
+      jax.config.update(k, v)
+    compilation_cache.reset_cache()
 
 
 def override(config, **overrides):

@@ -21,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from tests import helpers
 from tests.test_reliability import read_rows, sub_env, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,18 +34,8 @@ TMP = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-  from jax._src import compilation_cache
-  path = str(tmp_path_factory.mktemp("jax_cache"))
-  values = {"jax_compilation_cache_dir": path, "jax_persistent_cache_min_compile_time_secs": 0.0,
-            "jax_persistent_cache_min_entry_size_bytes": 0}
-  old = {k: jax.config.values[k] for k in values}
-  for k, v in values.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
-  yield path
-  for k, v in old.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
+  with helpers.persistent_compile_cache(str(tmp_path_factory.mktemp("jax_cache"))) as path:
+    yield path
 
 
 def final_state(workdir):

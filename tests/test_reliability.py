@@ -20,6 +20,8 @@ import jax
 import numpy as np
 import pytest
 
+from tests import helpers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The tiny run of every test here; also given to subprocesses as --config.KEY=VALUE flags.
@@ -80,18 +82,8 @@ def captured_logs():
 
 @pytest.fixture(scope="module", autouse=True)
 def compile_cache(tmp_path_factory):
-  from jax._src import compilation_cache
-  path = str(tmp_path_factory.mktemp("jax_cache"))
-  values = {"jax_compilation_cache_dir": path, "jax_persistent_cache_min_compile_time_secs": 0.0,
-            "jax_persistent_cache_min_entry_size_bytes": 0}
-  old = {k: jax.config.values[k] for k in values}
-  for k, v in values.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
-  yield path
-  for k, v in old.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
+  with helpers.persistent_compile_cache(str(tmp_path_factory.mktemp("jax_cache"))) as path:
+    yield path
 
 
 def sub_env(cache, **extra):

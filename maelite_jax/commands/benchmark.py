@@ -34,6 +34,8 @@ import sys
 
 from absl import app, flags, logging
 
+from maelite_jax.utils import machine as machine_lib
+
 _OBJECTIVE = flags.DEFINE_enum("objective", "mae", ["mae", "mocov3", "dmae"], "which step")
 _BATCH = flags.DEFINE_list("batch", ["32"], "global batch size(s)")
 _IMAGE = flags.DEFINE_list("image_size", ["224"], "image size(s)")
@@ -131,19 +133,6 @@ def random_teacher(name: str, patch_size: int) -> str:
   return path
 
 
-def machine_info() -> str:
-  """'<CPU model>, <n> cores' (Linux's /proc/cpuinfo; the platform's name elsewhere)."""
-  import platform
-  model = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-    model = names[0] if names else model
-  except OSError:
-    pass
-  return f"{model}, {os.cpu_count()} cores"
-
-
 def _main(argv):
   if _PIPELINE.value:
     return _pipeline_main()
@@ -152,7 +141,7 @@ def _main(argv):
   from maelite_jax.bench import step as benchmark
   run_info = dict(date_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec="seconds"), command=" ".join([os.path.basename(argv[0])] + sys.argv[1:]),
-      machine=machine_info())
+      machine=machine_lib.machine_info())
   records = []
   for image_size in map(int, _IMAGE.value):
     for batch in map(int, _BATCH.value):

@@ -10,7 +10,6 @@ import datetime
 import importlib
 import json
 import os
-import platform
 import resource
 import sys
 import time
@@ -217,16 +216,10 @@ def _count(split: str) -> int:
 
 
 def machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    cpu = names[0] if names else cpu
-  except OSError:
-    pass
+  from maelite_jax.utils.machine import cpu_model
   dev = jax.devices()[0]
   accel = "" if dev.platform == "cpu" else f", {jax.device_count()}x {dev.device_kind}"
-  return f"{os.cpu_count()} CPU cores ({cpu}){accel}; JAX {jax.__version__}"
+  return f"{os.cpu_count()} CPU cores ({cpu_model()}){accel}; JAX {jax.__version__}"
 
 
 def run(config, workdir: str, report_path: str, command: str) -> dict:
