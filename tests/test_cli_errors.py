@@ -45,7 +45,7 @@ PROBES = {
        for name in ("pretrain", "knn", "sweep", "analyze")},  # one per command module
     "unknown_nested_key": (train("--config.model.foo=1"), 2,
                            "error: --config.model.foo: config.model has no key 'foo' (its keys: "
-                           "attention_impl, depth,"),
+                           "attention_impl, attention_pad, depth,"),
     "bad_enum": (train("--config.model.dtype=bf16"), 2,
                  "error: config.model.dtype: 'bf16' is unknown. Use one of ('auto', 'float32', "
                  "'bfloat16')"),

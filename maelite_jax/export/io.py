@@ -54,8 +54,11 @@ def read_export_info(path: str) -> tuple[dict | None, dict, str]:
   hints = {}
   if os.path.exists(base + ".safetensors"):
     from safetensors import safe_open
-    with safe_open(base + ".safetensors", "np") as f:
-      meta = f.metadata() or {}
+    try:
+      with safe_open(base + ".safetensors", "np") as f:
+        meta = f.metadata() or {}
+    except Exception:  # noqa: BLE001 - no hints from a damaged file: its loader says what is wrong
+      meta = {}
     hints = {k: meta[k] for k in ("format", "model", "posemb") if meta.get(k)}
     if meta.get("trainable_pos_embed") in ("true", "false"):
       hints["trainable_pos_embed"] = meta["trainable_pos_embed"] == "true"
