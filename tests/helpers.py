@@ -8,6 +8,18 @@ import jax
 import numpy as np
 
 
+# Python source that makes tensorflow and tensorflow_datasets unimportable, as on the GPU
+# machines: the start of a `python -c` program that must run without them.
+NO_TENSORFLOW_PRELUDE = (
+    "import builtins\n"
+    "real = builtins.__import__\n"
+    "def guard(name, *a, **k):\n"
+    "  if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):\n"
+    "    raise ModuleNotFoundError(name)\n"
+    "  return real(name, *a, **k)\n"
+    "builtins.__import__ = guard\n")
+
+
 @contextlib.contextmanager
 def persistent_compile_cache(path: str):
   """JAX's persistent compilation cache in `path` for every program (no size or time floor),

@@ -6,6 +6,7 @@ import pytest
 
 from maelite_jax.bench import step as benchmark
 from maelite_jax.models import create_model, model_kwargs
+from tests import helpers
 
 
 def test_vit_flops_formula_matches_xla_cost_analysis():
@@ -107,13 +108,7 @@ def test_benchmark_step_needs_no_tensorflow():
   import subprocess
   import sys
   code = (
-      "import builtins\n"
-      "real = builtins.__import__\n"
-      "def guard(name, *a, **k):\n"
-      "  if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):\n"
-      "    raise ModuleNotFoundError(name)\n"
-      "  return real(name, *a, **k)\n"
-      "builtins.__import__ = guard\n"
+      helpers.NO_TENSORFLOW_PRELUDE +
       "from maelite_jax.configs import mae_tiny\n"
       "from maelite_jax.bench import step as benchmark\n"
       "from maelite_jax.train.validate import validate_config\n"

@@ -15,6 +15,7 @@ from maelite_jax import data
 from maelite_jax.configs import common, mae_tiny, mocov3_tiny
 from maelite_jax.data import on_device, transforms
 from maelite_jax.train import mesh as mesh_lib
+from tests import helpers
 from tests.helpers import override
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,13 +136,8 @@ def test_a_training_run_needs_no_tensorflow(tmp_path):
   """A whole MAE run (data, steps, checkpoints, the k-NN monitor, the figure) with tensorflow
   and tensorflow_datasets made unimportable, as on the GPU machines."""
   code = (
-      "import builtins, sys\n"
-      "real = builtins.__import__\n"
-      "def guard(name, *a, **k):\n"
-      "  if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):\n"
-      "    raise ModuleNotFoundError(name)\n"
-      "  return real(name, *a, **k)\n"
-      "builtins.__import__ = guard\n"
+      helpers.NO_TENSORFLOW_PRELUDE +
+      "import sys\n"
       "from maelite_jax.commands.train import main\n"
       "main()\n")
   cmd = [sys.executable, "-c", code, "--config", os.path.join(ROOT, "configs", "mae_tiny.py:tiny"),
