@@ -374,3 +374,40 @@ def test_center_crop_resize():
   # A constant image stays constant whatever is resized or cropped.
   flat = tf.fill([50, 70, 3], 0.25)
   np.testing.assert_allclose(transforms.center_crop_resize(flat, 32), 0.25, atol=1e-5)
+
+
+class _FakeBuilder:
+  """tfds builder stand-in: prepared or not, counting download_and_prepare calls."""
+
+  def __init__(self, data_dir):
+    self.data_dir, self.prepared, self.prepares = data_dir, False, 0
+
+  def is_prepared(self):
+    return self.prepared
+
+  def download_and_prepare(self):
+    self.prepares += 1
+    self.prepared = True
+
+
+def test_preparing_waits_for_another_preparer_and_does_not_prepare_twice(tmp_path):
+  """Two processes preparing one tfds dataset (two runs started together, `pytest -n 2`):
+  the second waits for the first's lock, then reads the prepared dataset afresh instead of
+  preparing it again (tfds' final rename would fail)."""
+  import threading
+  from maelite_jax.utils.prepare_lock import prepare_lock
+  source = sources.TfdsSource("some_dataset")
+  fake = source._builder = _FakeBuilder(str(tmp_path / "some_dataset" / "1.0.0"))
+  with prepare_lock(fake.data_dir):  # the other process, preparing
+    waiter = threading.Thread(target=source._prepare)
+    waiter.start()
+    waiter.join(timeout=1.0)
+    assert waiter.is_alive()  # blocked on the lock
+    fake.prepared = True  # the other process finishes
+  waiter.join(timeout=10.0)
+  assert not waiter.is_alive()
+  assert fake.prepares == 0 and source._builder is None  # re-read, not prepared again
+
+  source._builder = alone = _FakeBuilder(str(tmp_path / "other" / "1.0.0"))
+  source._prepare()
+  assert alone.prepares == 1

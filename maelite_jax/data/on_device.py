@@ -39,6 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from maelite_jax.data import fashion_mnist_files
 from maelite_jax.utils.errors import ConfigError
+from maelite_jax.utils.prepare_lock import prepare_lock
 
 BUILTIN = "fashion_mnist_builtin"
 IMAGEFOLDER = "imagefolder"
@@ -95,13 +96,19 @@ def _load_tfds(data_cfg, base: str):
                  "and tensorflow_datasets is not installed to build it.", "run once where "
                  "tensorflow is installed (or copy the .npz there), or use the built-in "
                  f"{BUILTIN!r}.") from None
-  builder = tfds.builder(data_cfg.dataset, data_dir=data_cfg.data_dir)
-  builder.download_and_prepare()
-  arrays = tfds.as_numpy(builder.as_dataset(split=base, batch_size=-1))
-  images, labels = arrays[data_cfg.image_key], arrays[data_cfg.label_key]
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  np.savez(path + ".tmp.npz", images=images, labels=labels)
-  os.replace(path + ".tmp.npz", path)
+  with prepare_lock(path):  # another process may be building this cache right now
+    if os.path.exists(path):
+      with np.load(path) as f:
+        return f["images"], f["labels"]
+    builder = tfds.builder(data_cfg.dataset, data_dir=data_cfg.data_dir)
+    with prepare_lock(builder.data_dir):
+      builder.download_and_prepare()
+    arrays = tfds.as_numpy(builder.as_dataset(split=base, batch_size=-1))
+    images, labels = arrays[data_cfg.image_key], arrays[data_cfg.label_key]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, images=images, labels=labels)
+    os.replace(tmp, path)
   return images, labels
 
 

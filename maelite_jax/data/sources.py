@@ -19,6 +19,7 @@ from absl import logging
 from maelite_jax.data import fashion_mnist_builtin
 from maelite_jax.data import image_check
 from maelite_jax.utils.errors import ConfigError
+from maelite_jax.utils.prepare_lock import prepare_lock
 
 BUILTIN = 'fashion_mnist_builtin'
 IMAGEFOLDER = 'imagefolder'
@@ -136,8 +137,13 @@ class TfdsSource(Source):
           f'{BUILTIN!r} (bundled) or {IMAGEFOLDER!r}.')
 
   def _prepare(self):
-    if not self.builder.is_prepared():
-      self.builder.download_and_prepare()
+    if self.builder.is_prepared():
+      return
+    with prepare_lock(self.builder.data_dir):  # another process may be preparing it now
+      if self.builder.is_prepared():  # it was: read its info afresh
+        self._builder = None
+      else:
+        self.builder.download_and_prepare()
 
   def num_examples(self, split: str) -> int:
     self._prepare()
