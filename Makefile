@@ -9,6 +9,8 @@ PY := $(VENV)/bin/python
 WORKDIR ?= runs/mae_tiny_cpu
 CONFIG ?= configs/mae_tiny.py:cpu
 ARGS ?=
+# test processes: whole test files are spread over them (module fixtures share compiled code)
+TEST_WORKERS ?= 2
 
 .PHONY: pretrain test venv venv-test benchmark clean
 
@@ -34,7 +36,7 @@ pretrain: $(VENV)/.core
 	$(PY) scripts/pretrain.py --config $(CONFIG) --workdir $(WORKDIR) $(ARGS)
 
 test: $(VENV)/.test
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests $(ARGS)
 
 benchmark: $(VENV)/.test
 	$(PY) scripts/benchmark.py $(ARGS)

@@ -6,38 +6,51 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 
 from maelite_jax.study import findings
+from tests import test_docs_commands as docs
+from tests.helpers import noise_lines
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+def documented_study_argv(box) -> list:
+  """The README's reproduce.py line as tests/test_docs_commands.py runs documented lines
+  (placeholders filled, `--scale=tiny` appended): that test leaves this entry point to the
+  `study` fixture (RUN_ELSEWHERE), so the suite runs the tiny study once."""
+  lines = [c for c in docs.COMMANDS if (docs.entry_point(c.tokens) or ("",))[0] == "reproduce"
+           and not docs.external_needs(c)]
+  assert lines, "no runnable `scripts/reproduce.py` line in README.md / docs/*.md"
+  argv = docs.build_argv(lines[0], box)
+  assert argv[-1] == "--scale=tiny", argv
+  return argv
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("reproduce"))
-  cmd = [sys.executable, os.path.join(ROOT, "scripts", "reproduce.py"), "--scale", "tiny",
-         "--workdir", workdir]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT)
+  box = docs.Sandbox(str(tmp_path_factory.mktemp("reproduce")))
+  argv = documented_study_argv(box)
+  workdir = os.path.join(box.path, docs._flag(argv, "workdir"))
+  proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800, cwd=box.path,
+                        env=box.env)
   assert proc.returncode == 0, proc.stderr[-4000:]
-  return workdir, proc.stderr
+  assert "Traceback" not in proc.stderr and noise_lines(proc.stdout + proc.stderr) == []
+  return workdir, proc.stderr, argv, box
 
 
 def test_report_has_a_verdict_for_every_finding(study):
-  workdir, _ = study
+  workdir, _, argv, _ = study
   with open(os.path.join(workdir, "reproduction.md")) as f:
     report = f.read()
   rows = [line for line in report.splitlines() if re.match(r"\| \([a-d]\) \|", line)]
   assert [row[3] for row in rows] == ["a", "b", "c", "d"], report
   assert all(re.search(r"\*\*(holds|does not hold)\*\*", row) for row in rows), rows
-  assert "scripts/reproduce.py --scale tiny" in report
+  assert f"- Command: `python {' '.join(argv[1:])}`" in report  # the line that ran
   assert "wall time" in report and "Machine:" in report
 
 
 def test_every_arm_has_numbers_and_the_figures_exist(study):
-  workdir, _ = study
+  workdir = study[0]
   with open(os.path.join(workdir, "results.json")) as f:
     result = json.load(f)
   assert set(result["pretrain"]) == {"mae", "mae_small", "dmae", "mocov3"}
@@ -62,16 +75,16 @@ def test_every_arm_has_numbers_and_the_figures_exist(study):
 def test_rerun_reads_every_part_and_keeps_the_times(study):
   """A second invocation redoes nothing (each part's output is in <workdir>/parts), reports the
   same numbers, and the study's wall time stays the first run's."""
-  workdir, _ = study
+  workdir = study[0]
   with open(os.path.join(workdir, "times.json")) as f:
     first = json.load(f)["wall_s"]
   assert len(first) == 18  # 4 pre-training, 8 fine-tuning, 5 frozen encoders, the analysis
   with open(os.path.join(workdir, "results.json")) as f:
     before = json.load(f)
   assert before["wall_s"] == pytest.approx(sum(first.values()))
-  cmd = [sys.executable, os.path.join(ROOT, "scripts", "reproduce.py"), "--scale", "tiny",
-         "--workdir", workdir]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+  _, _, argv, box = study
+  proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=box.path,
+                        env=box.env)
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert proc.stderr.count("done earlier") == 18
   with open(os.path.join(workdir, "results.json")) as f:
