@@ -232,8 +232,10 @@ def test_pipeline_benchmark_smoke():
   # PyTorch loader in turns, writes the documented fields. The real run puts each loader in
   # its own process (`_Child`), which docs/input-pipeline.md's records come from.
   from maelite_jax.bench import pipeline as bench
-  (rec,) = bench.run(batch=4, image_size=32, steps=1, warmup=1, rounds=1, files=8,
-                     interpolations=('bilinear',), builtin=False, in_process=True)
+  rec, fast = bench.run(batch=4, image_size=32, steps=1, warmup=1, rounds=1, files=8,
+                        interpolations=('bilinear',), builtin=False, in_process=True)
+  assert (rec['antialias'], fast['antialias']) == (True, False)  # the same PyTorch loader
+  assert fast['torch_loader_per_core'] == rec['torch_loader_per_core']
   for key in ('pipeline_images_per_s', 'cores', 'per_core', 'torch_loader_per_core',
               'torch_loader_images_per_s'):
     assert rec[key] > 0, key

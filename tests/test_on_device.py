@@ -55,6 +55,20 @@ def test_crop_windows_follow_the_tf_sampler():
                              atol=0.02)
 
 
+@pytest.mark.parametrize("antialias", [True, False])
+def test_window_resize_equals_the_tf_engines_inside_the_window(antialias):
+  """The crop op's `antialias` (True: PIL's kernel; False: the plain one) means the same in both
+  engines: the window resampled in JAX equals tf.data's crop-then-resize away from the window's
+  edge (where JAX's kernel may read the pixels outside the window and TF's cannot)."""
+  image = np.random.default_rng(0).uniform(size=(60, 50, 3)).astype(np.float32)
+  top, left, h, w = 3, 5, 40, 45
+  ours = np.asarray(on_device._resize_window(image, top, left, np.int32(h), np.int32(w), 24,
+                                             "linear", antialias=antialias))
+  ref = transforms.resize(tf.constant(image[top:top + h, left:left + w]), 24, "bilinear",
+                          antialias=antialias).numpy()
+  np.testing.assert_allclose(ours[2:-2, 2:-2], ref[2:-2, 2:-2], atol=1e-5)
+
+
 def jnp_stack(xs):
   import jax.numpy as jnp
   return jnp.stack(xs)

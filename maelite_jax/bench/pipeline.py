@@ -99,30 +99,6 @@ def make_jpeg_folder(root: str, num_files: int, seed: int = 0) -> dict:
 
 # ---------------------------------------------------------------- one loader (a child process)
 
-def _register_plain_kernel_crop():
-  """A benchmark-only op: RandomResizedCrop whose resize never antialiases (the plain bilinear /
-  bicubic kernel of tf.image.resize, as big_vision's and TF's ImageNet pipelines resize). It
-  shows what PIL-equivalent antialiasing costs (TensorFlow's ScaleAndTranslate); training
-  keeps the antialiased op, which matches torchvision's pixels."""
-  import tensorflow as tf
-  from maelite_jax.data import ops, transforms
-
-  def factory(image_size, *, scale, ratio, interpolation):
-    def fn(features, seed):
-      window_seed, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-      crop = transforms.decode_window(
-          features["image"], lambda shape: transforms.crop_window(shape, window_seed, scale,
-                                                                  ratio))
-      out = tf.image.resize(transforms.to_float(crop), [image_size, image_size], interpolation)
-      return dict(features, image=tf.clip_by_value(out, 0.0, 1.0))
-    return fn
-
-  ops.register(PLAIN_KERNEL_CROP, encoded=factory)(factory)
-
-
-PLAIN_KERNEL_CROP = "bench_random_resized_crop_plain_kernel"
-
-
 def _ours(spec):
   """This project's pipeline on the JPEG folder (or the built-in data), through to_device."""
   import jax
@@ -134,10 +110,8 @@ def _ours(spec):
   else:
     cfg = common.data_config("imagefolder", data_dir=spec["root"], train_split="train",
                              eval_split="train", shuffle_buffer=1000)
-  cfg.train_ops = common.crop_flip_ops(interpolation=interpolation)
-  if spec.get("plain_kernel"):
-    _register_plain_kernel_crop()
-    cfg.train_ops = ((PLAIN_KERNEL_CROP, dict(cfg.train_ops[0][1])),) + cfg.train_ops[1:]
+  cfg.train_ops = common.crop_flip_ops(interpolation=interpolation,
+                                       antialias=spec.get("antialias", True))
   if spec.get("service_workers"):  # a dispatcher and its workers in this process
     from maelite_jax.data.service import LocalCluster
     spec["_cluster"] = LocalCluster(spec["service_workers"])
@@ -274,13 +248,17 @@ def _summary(child, n_cores) -> dict:
 
 
 def loader_specs(root, *, batch, image_size, warmup, interpolations, builtin, variants,
-                 n_cores, in_process=False) -> list[dict]:
-  """Ours and PyTorch's for each interpolation (+ the built-in data, + tf.data variants)."""
+                 n_cores, in_process=False, no_antialias=False) -> list[dict]:
+  """Ours and PyTorch's for each interpolation (+ ours with the plain resize kernel, + the
+  built-in data, + tf.data variants)."""
   base = dict(root=root, batch=batch, image_size=image_size, warmup=warmup,
               in_process=in_process)
   specs = []
   for interp in interpolations:
     specs.append(dict(base, name=f"ours_{interp}", kind="ours", interpolation=interp))
+    if no_antialias:
+      specs.append(dict(base, name=f"ours_{interp}_no_antialias", kind="ours",
+                        interpolation=interp, antialias=False))
     specs.append(dict(base, name=f"torch_{interp}", kind="torch", interpolation=interp,
                       workers=0 if in_process else n_cores))
   if builtin:
@@ -292,7 +270,6 @@ def loader_specs(root, *, batch, image_size, warmup, interpolations, builtin, va
                         ("private_pool_only", dict(options=dict(intra_op=0))),
                         ("intra_op_1_only", dict(options=dict(threads=0))),
                         ("decode_then_crop", dict(fuse=False)),
-                        ("plain_kernel_no_antialias", dict(plain_kernel=True)),
                         ("service_2_local_workers", dict(service_workers=2))):
       specs.append(dict(base, name=f"ours_{interp}_{name}", kind="ours", interpolation=interp,
                         variant=name, **extra))
@@ -301,10 +278,12 @@ def loader_specs(root, *, batch, image_size, warmup, interpolations, builtin, va
 
 def run(*, batch: int, image_size: int, steps: int, warmup: int, rounds: int, files: int,
         interpolations=("bilinear", "bicubic"), builtin: bool = True, variants: bool = False,
-        drain: int = 8, jpeg_dir: str = "", in_process: bool = False) -> list[dict]:
+        drain: int = 8, jpeg_dir: str = "", in_process: bool = False,
+        no_antialias: bool = True) -> list[dict]:
   """Builds the JPEG folder (unless `jpeg_dir` names one), runs every loader in turns and
-  returns one record per interpolation (ours vs PyTorch), plus the built-in data's and the
-  tf.data variants'. in_process=True: the loaders run in this process (`_InProcess`; a smoke
+  returns one record per interpolation and resize kernel (ours vs PyTorch: antialiased, as
+  PIL; with `no_antialias` also the plain kernel, big_vision's, against the same PyTorch
+  loader), plus the built-in data's and the tf.data variants'. in_process=True: the loaders run in this process (`_InProcess`; a smoke
   test, not a measurement: its records say mode='in_process')."""
   n_cores = cores()
   with tempfile.TemporaryDirectory(prefix="pipeline_bench_") as tmp:
@@ -315,7 +294,8 @@ def run(*, batch: int, image_size: int, steps: int, warmup: int, rounds: int, fi
       facts = make_jpeg_folder(root, files)
     specs = loader_specs(root, batch=batch, image_size=image_size, warmup=warmup,
                          interpolations=list(interpolations), builtin=builtin,
-                         variants=variants, n_cores=n_cores, in_process=in_process)
+                         variants=variants, n_cores=n_cores, in_process=in_process,
+                         no_antialias=no_antialias)
     children = []
     drain = min(drain, steps)  # a turn drains no more than it times (smoke runs)
     try:
@@ -338,10 +318,13 @@ def run(*, batch: int, image_size: int, steps: int, warmup: int, rounds: int, fi
                 steps_per_turn=steps, rounds=rounds, loadavg_before=load,
                 loadavg_after=load_after, **facts)
   records = []
-  for interp in interpolations:
-    ours, torch = results[f"ours_{interp}"], results[f"torch_{interp}"]
+  for interp, antialias in [(i, a) for i in interpolations for a in (True, False)]:
+    name = f"ours_{interp}" + ("" if antialias else "_no_antialias")
+    if name not in results:
+      continue
+    ours, torch = results[name], results[f"torch_{interp}"]
     records.append(dict(
-        common, data="jpeg_imagefolder", interpolation=interp,
+        common, data="jpeg_imagefolder", interpolation=interp, antialias=antialias,
         pipeline_images_per_s=ours["images_per_s"], per_core=ours["per_core"],
         images_per_cpu_s=ours["images_per_cpu_s"],
         torch_loader_images_per_s=torch["images_per_s"],
@@ -365,7 +348,7 @@ def run(*, batch: int, image_size: int, steps: int, warmup: int, rounds: int, fi
 
 
 def print_table(records) -> None:
-  cols = ["data", "variant", "interpolation", "pipeline_images_per_s", "per_core",
+  cols = ["data", "variant", "interpolation", "antialias", "pipeline_images_per_s", "per_core",
           "images_per_cpu_s", "torch_loader_per_core", "torch_loader_images_per_cpu_s",
           "per_core_over_torch", "per_cpu_s_over_torch"]
   cols = [c for c in cols if any(r.get(c) is not None for r in records)]

@@ -74,6 +74,10 @@ _PIPE_ROUNDS = flags.DEFINE_integer("pipeline_rounds", 3, "turns of each loader 
 _PIPE_INTERP = flags.DEFINE_list("pipeline_interpolation", ["bilinear", "bicubic", "random"],
                                  "crop interpolations compared (--pipeline)")
 _PIPE_BUILTIN = flags.DEFINE_bool("pipeline_builtin", True, "--pipeline: also the built-in data")
+_PIPE_NO_AA = flags.DEFINE_bool(
+    "pipeline_no_antialias", True, "--pipeline: also ours with the crop's plain resize kernel "
+    "(data op antialias=False, big_vision's resize: faster, aliasing) against the same PyTorch "
+    "loader")
 _PIPE_VARIANTS = flags.DEFINE_bool("pipeline_variants", False, "--pipeline: also each tf.data "
                                    "setting turned off, and decode-then-crop")
 _PIPE_DIR = flags.DEFINE_string("pipeline_jpeg_dir", "", "--pipeline: an existing ImageFolder "
@@ -190,7 +194,7 @@ def _pipeline_main():
                          steps=_STEPS.value, warmup=_WARMUP.value, rounds=_PIPE_ROUNDS.value,
                          files=_PIPE_FILES.value, interpolations=_PIPE_INTERP.value,
                          builtin=_PIPE_BUILTIN.value, variants=_PIPE_VARIANTS.value,
-                         jpeg_dir=_PIPE_DIR.value)
+                         jpeg_dir=_PIPE_DIR.value, no_antialias=_PIPE_NO_AA.value)
   for rec in records:
     rec["command"] = " ".join(sys.argv)
     print(json.dumps(rec), flush=True)

@@ -25,6 +25,7 @@ ImageFolder is decoded with PIL and resized to `data.on_device_canvas` (short si
 centre square), since images of one array must share a size.
 """
 
+import functools
 import hashlib
 import math
 import os
@@ -204,32 +205,35 @@ def _crop_window(key, height, width, scale, ratio, attempts=10):
           jnp.where(ok, h, fh), jnp.where(ok, w, fw))
 
 
-def _resize_window(image, top, left, h, w, size, method):
-  """The window (top, left, h, w) of `image` resampled to (size, size), antialiased when it
-  shrinks (tf.image.resize(antialias=True) and PIL do the same), clipped to [0, 1]."""
+def _resize_window(image, top, left, h, w, size, method, antialias=True):
+  """The window (top, left, h, w) of `image` resampled to (size, size), clipped to [0, 1];
+  antialiased when it shrinks (tf.image.resize(antialias=True) and PIL do the same), unless
+  `antialias` is False (the plain kernel: transforms.resize's fast option)."""
   sy, sx = size / h.astype(jnp.float32), size / w.astype(jnp.float32)
   out = jax.image.scale_and_translate(
       image, (size, size, image.shape[-1]), (0, 1), jnp.stack([sy, sx]),
-      jnp.stack([-top * sy, -left * sx]), method=method, antialias=True)
+      jnp.stack([-top * sy, -left * sx]), method=method, antialias=antialias)
   return jnp.clip(out, 0.0, 1.0)
 
 
 _METHODS = {"bilinear": "linear", "bicubic": "cubic"}
 
 
-def _random_resized_crop(size, *, scale, ratio, interpolation):
+def _random_resized_crop(size, *, scale, ratio, interpolation, antialias):
   if interpolation not in (*_METHODS, "random"):
     raise ValueError(f"interpolation={interpolation!r} is unknown")
+  if not isinstance(antialias, bool):
+    raise ValueError(f"antialias must be True or False, got {antialias!r}")
   scale, ratio = tuple(map(float, scale)), tuple(map(float, ratio))
 
   def fn(image, key):
     k_window, k_interp = jax.random.split(key)
     top, left, h, w = _crop_window(k_window, image.shape[0], image.shape[1], scale, ratio)
+    resize = functools.partial(_resize_window, image, top, left, h, w, size,
+                               antialias=antialias)
     if interpolation != "random":
-      return _resize_window(image, top, left, h, w, size, _METHODS[interpolation])
-    return jnp.where(jax.random.uniform(k_interp) < 0.5,
-                     _resize_window(image, top, left, h, w, size, "linear"),
-                     _resize_window(image, top, left, h, w, size, "cubic"))
+      return resize(_METHODS[interpolation])
+    return jnp.where(jax.random.uniform(k_interp) < 0.5, resize("linear"), resize("cubic"))
   return fn
 
 

@@ -3,7 +3,7 @@
 big_vision's `pp` idea in plain Python: a config lists the ops of a view in order, e.g.
 
   data.train_ops = (("random_resized_crop", dict(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                                                 interpolation="bicubic")),
+                                                 interpolation="bicubic", antialias=True)),
                     ("random_flip", dict(prob=0.5)))
 
 and `compose(ops, image_size)` turns the list into one function `(features, seed) -> features`.
@@ -68,6 +68,12 @@ def _interpolation(value):
   return value
 
 
+def _bool(name, value):
+  if not isinstance(value, bool):
+    raise ValueError(f"{name} must be True or False, got {value!r}")
+  return value
+
+
 def _probability(value):
   if not 0.0 <= float(value) <= 1.0:
     raise ValueError(f"prob={value!r} is not a probability in [0, 1]")
@@ -81,21 +87,24 @@ def _on_image(fn):
 
 # ---------------------------------------------------------------- geometric (image)
 
-def _random_resized_crop_encoded(image_size, *, scale, ratio, interpolation):
+def _random_resized_crop_encoded(image_size, *, scale, ratio, interpolation, antialias):
   """The crop below on encoded bytes: a JPEG decodes only its window (same window, same seed)."""
   scale, ratio = _interval("scale", scale, 0.0, 1.0), _interval("ratio", ratio, 0.0, math.inf)
   _interpolation(interpolation)
+  _bool("antialias", antialias)
   return _on_image(lambda im, s: transforms.decode_random_resized_crop(
-      im, s, image_size, scale, ratio, interpolation))
+      im, s, image_size, scale, ratio, interpolation, antialias))
 
 
 @register("random_resized_crop", encoded=_random_resized_crop_encoded)
-def _random_resized_crop(image_size, *, scale, ratio, interpolation):
-  """torchvision's RandomResizedCrop to image_size: area fraction in `scale`, aspect in `ratio`."""
+def _random_resized_crop(image_size, *, scale, ratio, interpolation, antialias):
+  """torchvision's RandomResizedCrop to image_size: area fraction in `scale`, aspect in `ratio`;
+  `antialias` False resizes with the plain kernel (fast, aliasing; see transforms.resize)."""
   scale, ratio = _interval("scale", scale, 0.0, 1.0), _interval("ratio", ratio, 0.0, math.inf)
   _interpolation(interpolation)
+  _bool("antialias", antialias)
   return _on_image(lambda im, s: transforms.random_resized_crop(im, s, image_size, scale, ratio,
-                                                                interpolation))
+                                                                interpolation, antialias))
 
 
 @register("random_flip")

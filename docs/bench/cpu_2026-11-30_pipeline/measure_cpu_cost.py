@@ -61,7 +61,7 @@ def main(out):
     specs += [dict(base, name="ours_bilinear_decode_then_crop", kind="ours",
                    interpolation="bilinear", fuse=False),
               dict(base, name="ours_bilinear_plain_kernel_no_antialias", kind="ours",
-                   interpolation="bilinear", plain_kernel=True),
+                   interpolation="bilinear", antialias=False),  # was plain_kernel=True
               dict(base, name="ours_bilinear_service_2_local_workers", kind="ours",
                    interpolation="bilinear", service_workers=2)]
     records = []
