@@ -130,7 +130,11 @@ TINY = {
 ENTRY_ARGS = {
     "benchmark": lambda argv: [f"--config=configs/{_flag(argv, 'objective') or 'mae'}_tiny.py:tiny",
                                "--batch=8", "--image_size=32", "--patch_size=4", "--steps=1",
-                               "--warmup=0"],
+                               "--warmup=0"] + (  # --pipeline: 8 JPEGs, one turn per loader
+                                   ["--warmup=1", "--pipeline_files=8", "--pipeline_rounds=1",
+                                    "--pipeline_interpolation=bilinear", "--nopipeline_builtin",
+                                    "--nopipeline_no_antialias"]
+                                   if "--pipeline" in argv else []),
     "reproduce": lambda argv: ["--scale=tiny"],  # the study at its smallest (minutes)
 }
 # flag -> what a placeholder in its value stands for (see the module docstring)
@@ -277,6 +281,11 @@ def external_needs(cmd: DocCommand) -> list[str]:
     why = MAKE_TARGETS.get(found[0][len("make:"):])
     return [why] if why else []
   reasons = []
+  if found[0] == "data_service":
+    reasons.append("a server that runs until it is stopped (tests/test_input_pipeline.py runs "
+                   "a dispatcher and two workers)")
+  if _flag(cmd.tokens, "data_service") is not None:
+    reasons.append("a tf.data service dispatcher on another machine")
   if any(_flag(cmd.tokens, f[2:]) is not None or f in cmd.tokens for f in MULTI_HOST):
     reasons.append("several hosts")
   if any(g in " ".join(_required(cmd.tokens)) for g in GPU_ONLY):

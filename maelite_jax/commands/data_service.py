@@ -25,30 +25,36 @@ _ADDRESS = flags.DEFINE_string("address", None, "worker: HOST:PORT others reach 
                                "the dispatcher's --workers); it listens on that port")
 
 
-def _main(argv):
+def _role(argv) -> str:
+  """The role, with the flags it needs checked (also what --dry_run checks)."""
   from maelite_jax.utils.errors import UserError
   roles = ("dispatcher", "worker")
   if len(argv) != 2 or argv[1] not in roles:
     raise UserError(f"expected one role, {' or '.join(roles)}, got {argv[1:]}. Fix: e.g. "
                     "`data_service.py dispatcher --port 5050 --workers h1:5051,h2:5051`.")
+  if argv[1] == "dispatcher" and not _WORKERS.value:
+    raise UserError("the dispatcher needs --workers HOST:PORT,... (every worker, as each "
+                    "names itself with --address). Fix: list them.")
+  if argv[1] == "worker" and (not _DISPATCHER.value or not _ADDRESS.value
+                              or ":" not in _ADDRESS.value):
+    raise UserError("a worker needs --dispatcher HOST:PORT and --address HOST:PORT (its own, "
+                    "as listed in the dispatcher's --workers). Fix: pass both.")
+  return argv[1]
+
+
+def _main(argv):
   from maelite_jax.data import service
-  if argv[1] == "dispatcher":
-    if not _WORKERS.value:
-      raise UserError("the dispatcher needs --workers HOST:PORT,... (every worker, as each "
-                      "names itself with --address). Fix: list them.")
+  if _role(argv) == "dispatcher":
     server = service.start_dispatcher(_PORT.value, _WORKERS.value, _WORK_DIR.value)
     logging.warning("tf.data dispatcher on port %d for workers %s", _PORT.value, _WORKERS.value)
   else:
-    if not _DISPATCHER.value or not _ADDRESS.value or ":" not in _ADDRESS.value:
-      raise UserError("a worker needs --dispatcher HOST:PORT and --address HOST:PORT (its own, "
-                      "as listed in the dispatcher's --workers). Fix: pass both.")
     server = service.start_worker(_DISPATCHER.value, _ADDRESS.value)
     logging.warning("tf.data worker %s of dispatcher %s", _ADDRESS.value, _DISPATCHER.value)
   server.join()
 
 
 def main():
-  cli.run(_main, verbosity=logging.WARNING)
+  cli.run(_main, verbosity=logging.WARNING, check_args=_role)
 
 
 if __name__ == "__main__":

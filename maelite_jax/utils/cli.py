@@ -177,8 +177,10 @@ def parse_flags(argv, parser=None):
     sys.exit(EXIT_USER_ERROR)
 
 
-def run(main, flags_parser=None, verbosity=logging.INFO):
-  """app.run(main) with the one error path (see the module docstring)."""
+def run(main, flags_parser=None, verbosity=logging.INFO, check_args=None):
+  """app.run(main) with the one error path (see the module docstring). `check_args(argv)`
+  validates a command's positional arguments and their flags for --dry_run (raising a
+  UserError); without it a dry run accepts none."""
   started = {"main": False}
 
   def wrapped(argv):
@@ -186,7 +188,9 @@ def run(main, flags_parser=None, verbosity=logging.INFO):
     try:
       _check_configs_loaded()
       if _DRY_RUN.value:  # the flags (and --config with its overrides) parsed: the line is valid
-        if len(argv) > 1:
+        if check_args is not None:
+          check_args(argv)
+        elif len(argv) > 1:
           raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         print("dry run: the command line is valid; nothing was run", flush=True)
         return 0
