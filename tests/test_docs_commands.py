@@ -538,6 +538,25 @@ def test_the_docs_hold_commands_and_the_tables_cover_every_one(tmp_path):
   assert not problems, "\n".join(problems)
 
 
+def test_command_lines_sit_in_bash_blocks():
+  """A command line in an untagged (or otherwise tagged) fenced block would escape this test:
+  every line that starts like a project command must be in a bash/sh/shell/console block."""
+  command = re.compile(r"^\s*(\$ )?(python3?|\.venv/bin/python|make|maelite-[\w-]+)\s")
+  problems = []
+  for doc in DOCS:
+    lang = None
+    for i, line in enumerate(open(os.path.join(ROOT, doc)).read().splitlines(), 1):
+      m = re.match(r"^\s*```\s*([\w-]*)\s*$", line)
+      if m:
+        lang = None if lang is not None else m.group(1).lower()
+        continue
+      if lang is not None and lang not in ("bash", "sh", "shell", "console") and (
+          command.match(line) and _mentions_project(line, line.split())):
+        problems.append(f"{doc}:{i}: ```{lang} block: {line.strip()}")
+  assert not problems, "tag these blocks ```bash so that their commands are tested:\n" + (
+      "\n".join(problems))
+
+
 def test_the_docs_hold_the_commands_of_every_protocol():
   entries = {entry_point(c.tokens)[0] for c in COMMANDS if entry_point(c.tokens)}
   assert {"pretrain", "finetune", "linprobe", "knn", "fewshot", "segment", "analyze",
