@@ -43,8 +43,8 @@ def resize(image, size, interpolation='bicubic', seed=None, antialias=True):
   """Resize to `size` (int or (h, w)), clipped to [0, 1]. Antialiased when shrinking (as PIL
   does); when enlarging the plain kernel gives the same pixels (< 1e-3) about 4x faster.
   `antialias=False` always takes the plain kernel (what big_vision's and TensorFlow's ImageNet
-  pipelines resize with): a shrinking resize then aliases, and costs ~2/3 less CPU per image
-  (docs/input-pipeline.md). 'random' picks bilinear or bicubic with equal odds (timm's
+  pipelines resize with): a shrinking resize then aliases, and costs about a third of the
+  antialiased one (TensorFlow's antialiasing kernel is slow; docs/input-pipeline.md). 'random' picks bilinear or bicubic with equal odds (timm's
   'random'; needs a seed)."""
   if isinstance(size, int):
     size = (size, size)

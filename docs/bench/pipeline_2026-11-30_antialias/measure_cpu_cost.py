@@ -2,9 +2,10 @@
 crop's antialiased (PIL's) and plain (big_vision's, `antialias=False`) resize kernel, and the
 PyTorch DataLoader + PIL, for each interpolation (docs/input-pipeline.md).
 
-  PYTHONPATH=. python docs/bench/pipeline_2026-11-30_antialias/measure_cpu_cost.py OUT.json [ROUNDS]
+  PYTHONPATH=. python docs/bench/pipeline_2026-11-30_antialias/measure_cpu_cost.py OUT.json [ROUNDS [BATCHES]]
 
-ROUNDS (default 2) repeats the whole list, so that drift on a shared machine hits every loader.
+ROUNDS (default 3) repeats the whole list, so that drift on a shared machine hits every loader;
+each loader is timed for BATCHES (default 20) batches of 32 per round.
 
 Each loader (maelite_jax/bench/pipeline.py's `_ours` / `_torch`, the benchmark's own code) is
 built, warmed up, timed for BATCHES batches (CPU seconds of this process, every thread counted,
@@ -27,8 +28,9 @@ import psutil
 
 from maelite_jax.bench import pipeline as bench
 
-BATCH, SIZE, WARMUP, BATCHES, FILES = 32, 224, 2, 6, 300
-ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+BATCH, SIZE, WARMUP, FILES = 32, 224, 2, 300
+ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+BATCHES = int(sys.argv[3]) if len(sys.argv) > 3 else 20
 
 
 def measure(spec):

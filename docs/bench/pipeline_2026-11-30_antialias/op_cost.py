@@ -48,7 +48,7 @@ def tf_crop(d, w):
 def tf_crop_fast(d, w):
   return tf.image.decode_and_crop_jpeg(d, w, channels=3, dct_method="INTEGER_FAST")
 def mk_resize(method, aa):
-  @tf.function
+  @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])  # traced once
   def f(x):
     return tf.cast(tf.clip_by_value(tf.image.resize(tf.cast(x, tf.float32) / 255.0, [224, 224], method=method, antialias=aa), 0, 1) * 255 + 0.5, tf.uint8)
   return f
@@ -64,7 +64,7 @@ for m in ("bilinear", "bicubic"):
   for aa in (True, False):
     f = mk_resize(m, aa)
     res[f"tf_resize_{m}_aa{int(aa)}"] = timed(lambda i: f(crops[i]).numpy())
-res["tf_noop"] = timed(lambda i: tf.identity(crops[i]).numpy())
+res["tf_noop"] = timed(lambda i: tf.identity(crops[i]).numpy())  # eager call overhead
 def pil_dec(i):
   with open(paths[i], "rb") as f:
     im = Image.open(f); im = im.convert("RGB")
@@ -76,9 +76,13 @@ for m, M in (("bilinear", Image.BILINEAR), ("bicubic", Image.BICUBIC)):
     t, l, h, w = wins[i]
     return np.asarray(ims[i].crop((l, t, l + w, t + h)).resize((224, 224), M))
   res[f"pil_crop_resize_{m}"] = timed(r)
-def pil_tail(i):
-  x = torch.from_numpy(np.array(ims[i].resize((224, 224)), np.uint8, copy=True)).permute(2, 0, 1).contiguous().float().div(255)
-  return x.sub_(0.5).div_(0.25)
-res["pil_totensor_normalize(+resize)"] = timed(pil_tail)
+crops224 = [im.resize((224, 224)) for im in ims]
+def pil_tail(i):  # torchvision's ToTensor + Normalize of the 224 px crop
+  x = torch.from_numpy(np.array(crops224[i], np.uint8, copy=True)).view(224, 224, 3)
+  x = x.permute((2, 0, 1)).contiguous().to(dtype=torch.float32).div(255)
+  return x.sub_(torch.tensor([0.485, 0.456, 0.406]).view(-1, 1, 1)).div_(
+      torch.tensor([0.229, 0.224, 0.225]).view(-1, 1, 1))
+res["torch_totensor_normalize"] = timed(pil_tail)
+res["pil_flip"] = timed(lambda i: crops224[i].transpose(Image.FLIP_LEFT_RIGHT))
 shrink = np.mean([(w[2] > 224) or (w[3] > 224) for w in wins])
 print(json.dumps(dict(res=res, shrink_fraction=float(shrink), facts=facts, load=os.getloadavg()), indent=1))
