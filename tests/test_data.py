@@ -249,6 +249,21 @@ def test_resume_is_exact(folder, mesh, cache):
   assert not np.array_equal(run[0]['image'], run[2]['image'])  # epochs reshuffle/augment anew
 
 
+@pytest.mark.parametrize('cache', [False, True])
+def test_epochs_chained_in_one_iterator_give_each_epochs_batches(folder, cache):
+  """The local pipeline chains 1, 2, 4, ... epochs per tf.data iterator (no cold restart at
+  every short epoch): 7 epochs in a row equal each epoch started alone (start_step at its
+  first step), a fresh iterator per epoch as before the chaining, mid-chunk resumes included."""
+  from maelite_jax.data import pipeline
+  cfg = _folder_cfg(folder, cache=cache)  # 20 images, batch 8: 2 steps per epoch
+  kw = dict(image_size=16, local_batch=8, seed=3)
+  run = _take(pipeline.local_train_batches(cfg, **kw), 14)
+  for step in (2, 4, 7, 10, 13):  # epochs 1-6; 7 and 13: mid-epoch, mid-chunk
+    alone = _take(pipeline.local_train_batches(cfg, start_step=step, **kw), 1)[0]
+    np.testing.assert_array_equal(alone['image'], run[step]['image'])
+    np.testing.assert_array_equal(alone['label'], run[step]['label'])
+
+
 def test_builtin_resume_is_exact(builtin_dir, mesh):
   cfg = _cfg(data_dir=builtin_dir, shuffle_buffer=256, cache=False)
   kw = dict(image_size=32, global_batch_size=16, mesh=mesh, seed=0)

@@ -303,7 +303,8 @@ def local_train_batches(data_cfg, *, image_size: int, local_batch: int, seed: in
     cached.reduce(np.int64(0), lambda n, _: n + 1)
     prepare = tf.function(lambda index, example: transform(index, example), autograph=False)
 
-  def epoch_dataset(epoch, skip_steps):
+  def epoch_examples(epoch, skip_steps):
+    """The epoch's (index, undecoded example) stream, shuffled by the epoch's seed."""
     epoch_seed = derive_seed(seed, shuffle_tag, epoch, pi)
     if cached is not None:
       ds = cached.shuffle(buffer, seed=epoch_seed)
@@ -313,23 +314,37 @@ def local_train_batches(data_cfg, *, image_size: int, local_batch: int, seed: in
         ds = ds.shuffle(buffer, seed=epoch_seed)
     # The epoch's last partial batch is dropped before anything is decoded.
     ds = ds.enumerate(start=epoch * local_count).take(steps * local_batch)
-    ds = ds.skip(skip_steps * local_batch)
-    if service:
-      return _service_dataset(ds, prepare, service, local_batch, pi, epoch)
-    ds = ds.map(_plain(prepare), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return ds.with_options(options or _options())
+    return ds.skip(skip_steps * local_batch)
 
   first_epoch, skip_steps = divmod(start_step, steps)
-  for epoch in itertools.count(first_epoch):
-    ds = epoch_dataset(epoch, skip_steps)
-    if service:
+  if service:
+    for epoch in itertools.count(first_epoch):
+      ds = _service_dataset(epoch_examples(epoch, skip_steps), prepare, service, local_batch,
+                            pi, epoch)
       first = epoch * local_count + skip_steps * local_batch
       yield from _in_order(ds.as_numpy_iterator(), first, local_batch, steps - skip_steps)
-    else:
-      yield from ds.as_numpy_iterator()
-    skip_steps = 0
+      skip_steps = 0
+  # Several epochs per tf.data iterator: a new iterator restarts the pipeline cold (threads,
+  # autotuned parallelism, buffers; ~0.4 CPU-s here), which dominated short epochs (a small
+  # transfer set, the benchmark's folder). Each epoch's batches stay its own (its size is a
+  # multiple of the batch), so the batches are those of one iterator per epoch.
+  epoch, count = first_epoch, 1
+  while True:
+    ds = epoch_examples(epoch, skip_steps)
+    for later in range(epoch + 1, epoch + count):
+      ds = ds.concatenate(epoch_examples(later, 0))
+    ds = ds.map(_plain(prepare), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    yield from ds.with_options(options or _options()).as_numpy_iterator()
+    epoch, skip_steps = epoch + count, 0
+    if count * steps < ITERATOR_STEPS:  # doubling: a short run builds no epoch it does not use
+      count = min(2 * count, MAX_EPOCHS_PER_ITERATOR)
 
+
+# Epochs chained into one tf.data iterator (local pipeline): doubled from 1 while an iterator
+# covers fewer than ITERATOR_STEPS batches, at most MAX_EPOCHS_PER_ITERATOR.
+ITERATOR_STEPS = 2048
+MAX_EPOCHS_PER_ITERATOR = 64
 
 # Examples per element that a tf.data service worker sends (one gRPC message each).
 SERVICE_CHUNK = 16
