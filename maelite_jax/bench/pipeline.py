@@ -248,7 +248,7 @@ def _summary(child, n_cores) -> dict:
 
 
 def loader_specs(root, *, batch, image_size, warmup, interpolations, builtin, variants,
-                 n_cores, in_process=False, no_antialias=False) -> list[dict]:
+                 n_cores, in_process=False, no_antialias=True) -> list[dict]:
   """Ours and PyTorch's for each interpolation (+ ours with the plain resize kernel, + the
   built-in data, + tf.data variants)."""
   base = dict(root=root, batch=batch, image_size=image_size, warmup=warmup,
@@ -283,8 +283,9 @@ def run(*, batch: int, image_size: int, steps: int, warmup: int, rounds: int, fi
   """Builds the JPEG folder (unless `jpeg_dir` names one), runs every loader in turns and
   returns one record per interpolation and resize kernel (ours vs PyTorch: antialiased, as
   PIL; with `no_antialias` also the plain kernel, big_vision's, against the same PyTorch
-  loader), plus the built-in data's and the tf.data variants'. in_process=True: the loaders run in this process (`_InProcess`; a smoke
-  test, not a measurement: its records say mode='in_process')."""
+  loader), plus the built-in data's and the tf.data variants'. in_process=True: the loaders
+  run in this process (`_InProcess`; a smoke test, not a measurement: its records say
+  mode='in_process')."""
   n_cores = cores()
   with tempfile.TemporaryDirectory(prefix="pipeline_bench_") as tmp:
     facts = {}

@@ -44,8 +44,8 @@ def resize(image, size, interpolation='bicubic', seed=None, antialias=True):
   does); when enlarging the plain kernel gives the same pixels (< 1e-3) about 4x faster.
   `antialias=False` always takes the plain kernel (what big_vision's and TensorFlow's ImageNet
   pipelines resize with): a shrinking resize then aliases, and costs about a third of the
-  antialiased one (TensorFlow's antialiasing kernel is slow; docs/input-pipeline.md). 'random' picks bilinear or bicubic with equal odds (timm's
-  'random'; needs a seed)."""
+  antialiased one (TensorFlow's antialiasing kernel is slow; docs/input-pipeline.md).
+  'random' picks bilinear or bicubic with equal odds (timm's 'random'; needs a seed)."""
   if isinstance(size, int):
     size = (size, size)
   if interpolation == 'random':
