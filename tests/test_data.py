@@ -249,12 +249,15 @@ def test_resume_is_exact(folder, mesh, cache):
   assert not np.array_equal(run[0]['image'], run[2]['image'])  # epochs reshuffle/augment anew
 
 
-@pytest.mark.parametrize('cache', [False, True])
-def test_epochs_chained_in_one_iterator_give_each_epochs_batches(folder, cache):
-  """The local pipeline chains 1, 2, 4, ... epochs per tf.data iterator (no cold restart at
-  every short epoch): 7 epochs in a row equal each epoch started alone (start_step at its
-  first step), a fresh iterator per epoch as before the chaining, mid-chunk resumes included."""
+@pytest.mark.parametrize('cache, first_steps', [(False, 1), (True, 1), (False, 256)])
+def test_epochs_chained_in_one_iterator_give_each_epochs_batches(folder, cache, first_steps,
+                                                                   monkeypatch):
+  """The local pipeline chains several epochs per tf.data iterator (no cold restart at every
+  short epoch; first_steps=1: 1, 2, 4, ... epochs, so that the test crosses iterators; the
+  default: 16 epochs at first): 7 epochs in a row equal each epoch started alone (start_step at
+  its first step), mid-chunk resumes included."""
   from maelite_jax.data import pipeline
+  monkeypatch.setattr(pipeline, 'FIRST_ITERATOR_STEPS', first_steps)
   cfg = _folder_cfg(folder, cache=cache)  # 20 images, batch 8: 2 steps per epoch
   kw = dict(image_size=16, local_batch=8, seed=3)
   run = _take(pipeline.local_train_batches(cfg, **kw), 14)

@@ -3,6 +3,7 @@ the same pixels within libjpeg's rounding), tf.data service workers give exactly
 batches, and the pipeline benchmark runs end to end (smoke)."""
 
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -223,6 +224,51 @@ def test_in_order_rebuilds_batches_from_chunks_in_any_order():
   np.testing.assert_array_equal(np.concatenate([b['x'] for b in batches]), index * 10)
 
 
+def test_finished_iterators_are_deleted_off_the_callers_thread(monkeypatch):
+  # tf.data's iterator deletion can block for up to 60 s (its autotune thread's sleep;
+  # data/iterators.py): the pipelines hand finished and abandoned iterators to a background
+  # thread. Here the deletion blocks until released: were it on the caller's thread, the
+  # first list() would hang and the thread check below would fail.
+  from maelite_jax.data import iterators
+  release, deleted = threading.Event(), []
+
+  def blocking_delete(box):
+    deleted.append((threading.current_thread(), type(box[0]).__name__))
+    release.wait(60)
+
+  reaper = iterators._Reaper()  # the pipelines' own one also gets other tests' iterators
+  monkeypatch.setattr(reaper, 'delete', blocking_delete)
+  ds = tf.data.Dataset.range(3)
+  assert list(reaper.numpy_iterator(ds)) == [0, 1, 2]  # exhausted
+  abandoned = reaper.numpy_iterator(ds)
+  assert next(abandoned) == 0
+  abandoned.close()  # a run that stops mid-epoch
+  assert not release.is_set()  # both returned while the first deletion still blocks
+  release.set()
+  for _ in range(600):  # the second waits for the first to finish
+    if len(deleted) == 2:
+      break
+    threading.Event().wait(0.1)
+  assert [name for _, name in deleted] == ['NumpyIterator'] * 2
+  assert all(thread is not threading.current_thread() for thread, _ in deleted)
+
+
+
+def test_an_iterator_alive_at_exit_neither_errs_nor_is_waited_for():
+  # A run that stops with its training iterator alive: the generator is finalised after the
+  # module's globals are gone (the hand-over must not need them), and the process exits.
+  import subprocess
+  import sys
+  code = ('import tensorflow as tf\n'
+          'from maelite_jax.data import iterators\n'
+          'it = iterators.numpy_iterator(tf.data.Dataset.range(10 ** 6).prefetch(2))\n'
+          'print(next(it))\n')
+  done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0 and done.stdout.strip() == '0', done.stderr[-2000:]
+  assert 'Exception ignored' not in done.stderr and 'Traceback' not in done.stderr, (
+      done.stderr[-2000:])
+
 # ---------------------------------------------------------------- benchmark smoke
 
 
@@ -244,3 +290,5 @@ def test_pipeline_benchmark_smoke():
   assert rec['per_core'] == pytest.approx(rec['pipeline_images_per_s'] / rec['cores'])
   assert rec['jpeg_files'] == 8 and 300 <= max(rec['jpeg_mean_size_px']) <= 500
   assert rec['mode'] == 'in_process' and rec['interpolation'] == 'bilinear'
+  assert len(rec['batch_s']) == 1 and len(rec['batch_s'][0]) == 1  # a turn of 1 batch
+  assert rec['rss_mb'] > 0

@@ -155,10 +155,14 @@ def _timed_turn(next_batch, proc, batch: int, drain: int, n: int) -> dict:
   for _ in range(drain):  # batches made while another loader had its turn
     next_batch()
   cpu0, t0 = _cpu_seconds(proc), time.perf_counter()
+  batch_s = []
   for _ in range(n):
+    t = time.perf_counter()
     next_batch()
+    batch_s.append(round(time.perf_counter() - t, 4))
   wall, cpu = time.perf_counter() - t0, _cpu_seconds(proc) - cpu0
-  return {"wall": wall, "images": n * batch, "cpu": cpu}
+  return {"wall": wall, "images": n * batch, "cpu": cpu, "batch_s": batch_s,
+          "rss_mb": round(proc.memory_info().rss / 2**20)}
 
 
 def serve(spec: dict) -> None:
@@ -244,7 +248,9 @@ def _summary(child, n_cores) -> dict:
   cpu = sum(t["cpu"] for t in turns)  # 0 when every timed batch was already buffered (smoke)
   return dict(images_per_s=rate, per_core=rate / n_cores,
               images_per_cpu_s=images / cpu if cpu > 0 else None,
-              turn_images_per_s=[round(t["images"] / t["wall"], 1) for t in turns])
+              turn_images_per_s=[round(t["images"] / t["wall"], 1) for t in turns],
+              turn_batch_s=[t.get("batch_s") for t in turns],
+              rss_mb=max((t.get("rss_mb", 0) for t in turns), default=0))
 
 
 def loader_specs(root, *, batch, image_size, warmup, interpolations, builtin, variants,
@@ -335,7 +341,9 @@ def run(*, batch: int, image_size: int, steps: int, warmup: int, rounds: int, fi
         per_cpu_s_over_torch=(ours["images_per_cpu_s"] / torch["images_per_cpu_s"]
                               if ours["images_per_cpu_s"] and torch["images_per_cpu_s"]
                               else None),
-        turns=ours["turn_images_per_s"], torch_turns=torch["turn_images_per_s"]))
+        turns=ours["turn_images_per_s"], torch_turns=torch["turn_images_per_s"],
+        batch_s=ours["turn_batch_s"], torch_batch_s=torch["turn_batch_s"],
+        rss_mb=ours["rss_mb"], torch_rss_mb=torch["rss_mb"]))
   for spec in specs:
     if "variant" in spec:
       res = results[spec["name"]]
@@ -344,7 +352,8 @@ def run(*, batch: int, image_size: int, steps: int, warmup: int, rounds: int, fi
                           interpolation=spec["interpolation"],
                           pipeline_images_per_s=res["images_per_s"], per_core=res["per_core"],
                           images_per_cpu_s=res["images_per_cpu_s"],
-                          turns=res["turn_images_per_s"]))
+                          turns=res["turn_images_per_s"], batch_s=res["turn_batch_s"],
+                          rss_mb=res["rss_mb"]))
   return records
 
 

@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 from jax.sharding import NamedSharding, PartitionSpec
 
+from maelite_jax.data import iterators
 from maelite_jax.data import ops as ops_lib
 from maelite_jax.data import seg_sources
 from maelite_jax.data import sources
@@ -322,27 +323,33 @@ def local_train_batches(data_cfg, *, image_size: int, local_batch: int, seed: in
       ds = _service_dataset(epoch_examples(epoch, skip_steps), prepare, service, local_batch,
                             pi, epoch)
       first = epoch * local_count + skip_steps * local_batch
-      yield from _in_order(ds.as_numpy_iterator(), first, local_batch, steps - skip_steps)
+      yield from _in_order(iterators.numpy_iterator(ds), first, local_batch, steps - skip_steps)
       skip_steps = 0
   # Several epochs per tf.data iterator: a new iterator restarts the pipeline cold (threads,
   # autotuned parallelism, buffers; ~0.4 CPU-s here), which dominated short epochs (a small
   # transfer set, the benchmark's folder). Each epoch's batches stay its own (its size is a
-  # multiple of the batch), so the batches are those of one iterator per epoch.
-  epoch, count = first_epoch, 1
+  # multiple of the batch), so the batches are those of one iterator per epoch. The first
+  # iterator covers FIRST_ITERATOR_STEPS batches already (short epochs only), so that a cold
+  # restart is rare from the start: at most every 256 batches, later every 2048.
+  epoch, count = first_epoch, min(-(-FIRST_ITERATOR_STEPS // steps), FIRST_ITERATOR_MAX_EPOCHS)
   while True:
     ds = epoch_examples(epoch, skip_steps)
     for later in range(epoch + 1, epoch + count):
       ds = ds.concatenate(epoch_examples(later, 0))
     ds = ds.map(_plain(prepare), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    yield from ds.with_options(options or _options()).as_numpy_iterator()
+    yield from iterators.numpy_iterator(ds.with_options(options or _options()))
     epoch, skip_steps = epoch + count, 0
     if count * steps < ITERATOR_STEPS:  # doubling: a short run builds no epoch it does not use
       count = min(2 * count, MAX_EPOCHS_PER_ITERATOR)
 
 
-# Epochs chained into one tf.data iterator (local pipeline): doubled from 1 while an iterator
-# covers fewer than ITERATOR_STEPS batches, at most MAX_EPOCHS_PER_ITERATOR.
+# Epochs chained into one tf.data iterator (local pipeline): the first iterator covers
+# FIRST_ITERATOR_STEPS batches (at most FIRST_ITERATOR_MAX_EPOCHS epochs: a short run builds
+# few epochs it does not use), then the count doubles while an iterator covers fewer than
+# ITERATOR_STEPS batches, at most MAX_EPOCHS_PER_ITERATOR.
+FIRST_ITERATOR_STEPS = 256
+FIRST_ITERATOR_MAX_EPOCHS = 16
 ITERATOR_STEPS = 2048
 MAX_EPOCHS_PER_ITERATOR = 64
 
@@ -433,4 +440,4 @@ def build_eval_iterator(data_cfg, *, image_size: int, global_batch_size: int,
       for k, spec in ds.element_spec.items()}).repeat(num_batches * local_batch - counts[pi])
   ds = ds.concatenate(padding).batch(local_batch, drop_remainder=True)
   ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
-  return to_device(ds.as_numpy_iterator(), data_cfg, mesh, data_axis, global_batch_size)
+  return to_device(iterators.numpy_iterator(ds), data_cfg, mesh, data_axis, global_batch_size)
