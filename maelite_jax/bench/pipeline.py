@@ -9,9 +9,14 @@ chroma, as most ImageNet files are.
 Each loader runs in its own process (TensorFlow and PyTorch never share one), driven by this
 module over a pipe: after a warm-up, the loaders take turns, each consuming `steps` batches per
 turn (`rounds` turns each, the order rotated), so drift on a shared machine hits all alike.
+Between its turns a loader's process group (DataLoader workers included) is stopped
+(SIGSTOP): no loader works while another is timed, and none fills its buffers in the pause
+(tf.data's autotuning grows its prefetch buffer over time: after 15 s idle, ~3 batches were
+ready at first, ~20 four pauses later, which a fixed drain cannot cover; buffer_depth.py in
+docs/bench/pipeline_2026-11-30_antialias/).
 Per loader:
-- `images_per_s`: timed images / timed wall seconds. Buffers filled while another loader ran
-  are drained (untimed) at the start of each turn, so the rate is the steady one;
+- `images_per_s`: timed images / timed wall seconds, after `drain` untimed batches at the
+  start of each turn (what the loader made ahead at the end of its previous turn);
 - `per_core` = images_per_s / cores: both loaders get every core of the host (`cores`) as
   threads (tf.data's private pool) or worker processes (DataLoader's num_workers);
 - `images_per_cpu_s`: timed images / CPU seconds the loader's processes (workers included)
@@ -25,6 +30,7 @@ tensors from the loader.
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -196,6 +202,9 @@ class _InProcess:
     for _ in range(self.spec["warmup"]):
       self._next()
 
+  def pause(self):
+    pass
+
   def turn(self, drain, steps):
     self.turns.append(_timed_turn(self._next, self._proc, self.spec["batch"], drain, steps))
 
@@ -209,10 +218,22 @@ class _Child:
     env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
                TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("XLA_FLAGS", None)  # one host device, as on a real host (tests simulate 8)
+    # Its own process group: pause() stops the loader and its DataLoader workers together.
     self.proc = subprocess.Popen([sys.executable, "-m", "maelite_jax.bench.pipeline",
                                   json.dumps(spec)], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True, env=env)
+                                 stdout=subprocess.PIPE, text=True, env=env,
+                                 start_new_session=True)
     self.turns = []
+
+  def _signal(self, sig):
+    try:
+      os.killpg(self.proc.pid, sig)
+    except ProcessLookupError:  # already gone (close after a failure)
+      pass
+
+  def pause(self):
+    """Stops every thread of the loader until its next turn (SIGSTOP to its group)."""
+    self._signal(signal.SIGSTOP)
 
   def _reply(self):
     while True:
@@ -227,11 +248,14 @@ class _Child:
     self._reply()
 
   def turn(self, drain, steps):
+    self._signal(signal.SIGCONT)
     self.proc.stdin.write(f"run {drain} {steps}\n")
     self.proc.stdin.flush()
     self.turns.append(self._reply())
+    self.pause()
 
   def close(self):
+    self._signal(signal.SIGCONT)
     try:
       self.proc.stdin.write("quit\n")
       self.proc.stdin.close()
@@ -308,8 +332,9 @@ def run(*, batch: int, image_size: int, steps: int, warmup: int, rounds: int, fi
     try:
       for spec in specs:  # started together: warm-ups are not timed
         children.append(_InProcess(spec) if in_process else _Child(spec))
-      for child in children:
+      for child in children:  # none works ahead while the others warm up or are timed
         child.wait_ready()
+        child.pause()
       load = os.getloadavg()
       for r in range(rounds):
         order = children[r % len(children):] + children[:r % len(children)]
