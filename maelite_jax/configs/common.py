@@ -39,9 +39,9 @@ def crop_flip_ops(scale=(0.08, 1.0), interpolation="bicubic", flip=0.5,
                   antialias=True) -> tuple:
   """MAE-Lite's pre-training view: RandomResizedCrop (ratio 3/4-4/3) + horizontal flip.
   `antialias=True` resizes as PIL (so the reference's timm/torchvision) does; False takes the
-  plain kernel of big_vision's and TF's ImageNet pipelines: 1.4-2.1x PyTorch's images per CPU
-  second on JPEGs, different pixels (a shrinking crop aliases); docs/input-pipeline.md
-  measures both."""
+  plain kernel of big_vision's and TF's ImageNet pipelines: ~2x a PyTorch DataLoader's
+  per-core rate on JPEGs (1.1-1.3x antialiased), different pixels (a shrinking crop aliases);
+  docs/input-pipeline.md measures both."""
   ops = (("random_resized_crop", dict(scale=tuple(scale), ratio=(3 / 4, 4 / 3),
                                       interpolation=interpolation, antialias=antialias)),)
   return ops + ((("random_flip", dict(prob=flip)),) if flip else ())
