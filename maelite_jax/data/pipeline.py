@@ -329,8 +329,8 @@ def local_train_batches(data_cfg, *, image_size: int, local_batch: int, seed: in
   # autotuned parallelism, buffers; ~0.4 CPU-s here), which dominated short epochs (a small
   # transfer set, the benchmark's folder). Each epoch's batches stay its own (its size is a
   # multiple of the batch), so the batches are those of one iterator per epoch. The first
-  # iterator covers FIRST_ITERATOR_STEPS batches already (short epochs only), so that a cold
-  # restart is rare from the start: at most every 256 batches, later every 2048.
+  # iterator covers FIRST_ITERATOR_STEPS batches already (short epochs only; at most
+  # FIRST_ITERATOR_MAX_EPOCHS epochs), so that a cold restart is rare from the start.
   epoch, count = first_epoch, min(-(-FIRST_ITERATOR_STEPS // steps), FIRST_ITERATOR_MAX_EPOCHS)
   while True:
     ds = epoch_examples(epoch, skip_steps)
